@@ -1,0 +1,221 @@
+"""Files: atomic writes and a checksummed container for named numpy arrays.
+
+Every file mdcf writes (downloaded archives, parsed-data caches, results,
+checkpoints) goes through :func:`atomic_write`: the content is written to a
+temporary file in the destination folder, flushed to disk and only then
+renamed over the destination, so an interrupted write never leaves a partial
+file under the final name.
+
+:func:`write_arrays` / :func:`read_arrays` store a dict of numpy arrays plus a
+JSON-serialisable ``meta`` dict in one file. Each array carries a CRC-32, the
+file records its own total size, and :func:`read_arrays` raises
+:class:`CorruptFileError` for a truncated, padded or bit-flipped file instead
+of returning wrong numbers.
+
+Layout of an array file (all integers little-endian)::
+
+    b"MDCFARR1" | uint64 header length | header JSON (utf-8) | padding
+    | array 0 bytes | padding | array 1 bytes | ...
+
+Arrays start at 64-byte aligned offsets, recorded in the header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+__all__ = [
+    "CorruptFileError",
+    "atomic_write",
+    "write_arrays",
+    "read_arrays",
+]
+
+_MAGIC = b"MDCFARR1"
+_ALIGN = 64
+_FORMAT_VERSION = 1
+
+
+class CorruptFileError(ValueError):
+    """A file mdcf wrote earlier is truncated, corrupt or not an mdcf file."""
+
+    def __init__(self, path: os.PathLike | str, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: os.PathLike | str, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file that replaces ``path`` only if the block succeeds.
+
+    Args:
+      path: the destination. Its folder is created if needed.
+      mode: ``"wb"`` (default) or ``"w"`` (text, utf-8).
+
+    Yields:
+      The open temporary file. On normal exit it is flushed, fsync'ed and
+      renamed over ``path`` (atomic on POSIX and Windows); on an exception it is
+      deleted and ``path`` is left untouched.
+
+    Example:
+      >>> with atomic_write("/tmp/example.txt", "w") as f:  # doctest: +SKIP
+      ...     f.write("all or nothing")
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _byte_view(array: np.ndarray) -> memoryview:
+    """The raw bytes of a C-contiguous array (any shape, including 0-d and empty)."""
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def _crc32(array: np.ndarray) -> int:
+    return zlib.crc32(_byte_view(array))
+
+
+def write_arrays(
+    path: os.PathLike | str,
+    arrays: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any] | None = None,
+) -> None:
+    """Atomically write named numpy arrays and a JSON ``meta`` dict to ``path``.
+
+    Args:
+      path: destination file.
+      arrays: name -> array. Object dtypes are refused (they would need pickle);
+        use fixed-width strings (``np.str_``) for text.
+      meta: JSON-serialisable metadata, returned unchanged by :func:`read_arrays`.
+    """
+    entries = []
+    prepared = []
+    for name, value in arrays.items():
+        array = np.asarray(value, order="C")
+        if array.dtype.hasobject:
+            raise TypeError(
+                f"write_arrays: array {name!r} has dtype object, which cannot be stored "
+                "without pickle; convert it to numbers or fixed-width strings first"
+            )
+        entries.append(
+            {
+                "name": str(name),
+                "dtype": array.dtype.str,
+                "shape": list(array.shape),
+                "nbytes": int(array.nbytes),
+                "crc32": _crc32(array),
+            }
+        )
+        prepared.append(array)
+    header: dict[str, Any] = {
+        "format_version": _FORMAT_VERSION,
+        "meta": dict(meta or {}),
+        "arrays": entries,
+    }
+    # The header records offsets, whose values depend on the header's own length:
+    # iterate until the length is stable (converges after at most a few rounds).
+    header_len = 0
+    while True:
+        offset = _aligned(len(_MAGIC) + 8 + header_len)
+        for entry in entries:
+            entry["offset"] = offset
+            offset = _aligned(offset + entry["nbytes"])
+        header["total_size"] = offset
+        blob = json.dumps(header, sort_keys=True).encode("utf-8")
+        if len(blob) == header_len:
+            break
+        header_len = len(blob)
+    with atomic_write(path, "wb") as f:
+        f.write(_MAGIC)
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for entry, array in zip(entries, prepared):
+            f.write(b"\0" * (entry["offset"] - f.tell()))
+            f.write(_byte_view(array))
+        f.write(b"\0" * (header["total_size"] - f.tell()))
+
+
+def read_arrays(path: os.PathLike | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a file written by :func:`write_arrays`.
+
+    Returns:
+      ``(arrays, meta)``.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      CorruptFileError: the file is not an mdcf array file, is truncated or
+        padded, or any array fails its CRC-32 check.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(len(_MAGIC))
+        if magic != _MAGIC:
+            raise CorruptFileError(path, "not an mdcf array file (bad magic bytes)")
+        raw_len = f.read(8)
+        if len(raw_len) != 8:
+            raise CorruptFileError(path, "truncated header")
+        header_len = int.from_bytes(raw_len, "little")
+        if header_len > size:
+            raise CorruptFileError(path, f"header length {header_len} exceeds file size {size}")
+        try:
+            header = json.loads(f.read(header_len).decode("utf-8"))
+            entries = header["arrays"]
+            total_size = int(header["total_size"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CorruptFileError(path, f"unreadable header ({err})") from None
+        if header.get("format_version") != _FORMAT_VERSION:
+            raise CorruptFileError(
+                path, f"format version {header.get('format_version')!r}, expected {_FORMAT_VERSION}"
+            )
+        if size != total_size:
+            raise CorruptFileError(
+                path, f"file is {size} bytes but its header says {total_size} (truncated or padded)"
+            )
+        arrays = {}
+        for entry in entries:
+            try:
+                dtype = np.dtype(entry["dtype"])
+                shape = tuple(int(s) for s in entry["shape"])
+                array = np.empty(shape, dtype=dtype)
+                if array.nbytes != entry["nbytes"]:
+                    raise ValueError("byte count does not match dtype and shape")
+                f.seek(entry["offset"])
+                got = f.readinto(_byte_view(array)) if array.nbytes else 0
+            except (ValueError, KeyError, TypeError) as err:
+                raise CorruptFileError(path, f"bad entry for array {entry.get('name')!r} ({err})") from None
+            if got != array.nbytes:
+                raise CorruptFileError(path, f"array {entry['name']!r} is truncated")
+            if _crc32(array) != entry["crc32"]:
+                raise CorruptFileError(path, f"array {entry['name']!r} fails its CRC-32 check")
+            arrays[entry["name"]] = array
+    return arrays, header["meta"]

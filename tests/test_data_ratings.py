@@ -1,0 +1,73 @@
+"""The Ratings container and from_dataframe."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mdcf import data
+
+
+def test_ratings_is_immutable_and_validated():
+    r = data.from_arrays([5, 3, 5], ["b", "a", "a"], [1.0, 2.0, 3.0], [10, 20, 30])
+    assert (r.n_users, r.n_items, len(r)) == (2, 2, 3)
+    assert list(r.user_ids) == [3, 5] and list(r.item_ids) == ["a", "b"]
+    np.testing.assert_array_equal(r.user_counts(), [1, 2])
+    np.testing.assert_array_equal(r.item_counts(), [2, 1])
+    with pytest.raises(ValueError):
+        r.ratings[0] = 5.0
+    with pytest.raises(AttributeError):
+        r.users = np.zeros(3)
+    with pytest.raises(ValueError, match="codes must lie in"):
+        data.Ratings(np.array([0, 2]), np.array([0, 0]), np.ones(2), None, np.arange(2), np.arange(1))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        data.Ratings(np.array([0]), np.array([0]), np.array([np.nan]), None, np.arange(1), np.arange(1))
+    with pytest.raises(ValueError, match="has 1 entries but ratings has 2"):
+        data.Ratings(np.array([0]), np.array([0, 0]), np.ones(2), None, np.arange(1), np.arange(1))
+    with pytest.raises(ValueError, match="outside the declared scale"):
+        data.Ratings(np.array([0]), np.array([0]), np.array([6.0]), None, np.arange(1), np.arange(1), scale=(1, 5))
+
+
+def test_encode_ids_matches_numpy_unique():
+    rng = np.random.default_rng(0)
+    for raw in (rng.integers(0, 50, 200), rng.integers(-5, 10**12, 200), np.array(["x", "a", "x", "q"])):
+        codes, uniques = data.encode_ids(raw)
+        want_uniques, want_codes = np.unique(raw, return_inverse=True)
+        np.testing.assert_array_equal(uniques, want_uniques)
+        np.testing.assert_array_equal(codes, want_codes)
+        assert codes.dtype == np.int32
+
+
+def test_from_dataframe_round_trip():
+    df = pd.DataFrame({
+        "who": ["u2", "u1", "u2"], "what": [7, 7, 9], "stars": [4.5, 3.0, 1.0],
+        "when": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03"]),
+    })
+    r = data.from_dataframe(df, user="who", item="what", rating="stars", timestamp="when", scale=(0.5, 5))
+    back = r.to_dataframe()
+    assert back["user"].tolist() == ["u2", "u1", "u2"] and back["item"].tolist() == [7, 7, 9]
+    assert back["timestamp"].tolist() == [1577836800, 1577923200, 1578009600]
+    assert "3 ratings, 2 users, 2 items" in r.summary()
+
+
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("rating", "lots", r"non-numeric rating 'lots' at row 'r2'"),
+        ("rating", np.nan, r"NaN or infinite rating at row 'r2'"),
+        ("rating", 9.0, r"rating 9 outside the declared scale \[1, 5\] at row 'r2'"),
+        ("user", None, r"missing user id in column 'user' at row 'r2'"),
+    ],
+)
+def test_from_dataframe_bad_values(column, value, message):
+    df = pd.DataFrame({"user": [1, 2, 3], "item": [1, 1, 1], "rating": [1.0, 2.0, 3.0]}, index=["r0", "r1", "r2"])
+    df[column] = df[column].astype(object)
+    df.loc["r2", column] = value
+    with pytest.raises(ValueError, match=message):
+        data.from_dataframe(df, scale=(1, 5))
+
+
+def test_from_dataframe_missing_column():
+    with pytest.raises(KeyError, match="no column rating='score'"):
+        data.from_dataframe(pd.DataFrame({"user": [1], "item": [2]}), rating="score")
+    with pytest.raises(ValueError, match="no rows"):
+        data.from_dataframe(pd.DataFrame({"user": [], "item": [], "rating": []}))

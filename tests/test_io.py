@@ -1,0 +1,93 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from mdcf import io
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with io.atomic_write(target, "w") as f:
+            f.write("half written")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]  # no temporary left behind
+    with io.atomic_write(target, "w") as f:
+        f.write("new")
+    assert target.read_text() == "new"
+
+
+def test_atomic_write_uses_normal_permissions(tmp_path):
+    with io.atomic_write(tmp_path / "f.bin") as f:
+        f.write(b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+dtypes = st.sampled_from([np.int32, np.int64, np.float32, np.float64, np.uint8, np.bool_])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays=st.dictionaries(
+        st.text(min_size=1, max_size=8),
+        dtypes.flatmap(lambda d: hnp.arrays(d, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7))),
+        max_size=4,
+    ),
+    meta=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3),
+)
+def test_write_read_round_trip(tmp_path_factory, arrays, meta):
+    path = tmp_path_factory.mktemp("rt") / "a.mdcf"
+    io.write_arrays(path, arrays, meta)
+    back, back_meta = io.read_arrays(path)
+    assert back_meta == meta
+    assert list(back) == list(arrays)
+    for name, array in arrays.items():
+        assert back[name].dtype == array.dtype and back[name].shape == array.shape
+        np.testing.assert_array_equal(back[name], array)
+
+
+@pytest.fixture
+def stored(tmp_path):
+    path = tmp_path / "a.mdcf"
+    io.write_arrays(path, {"x": np.arange(1000, dtype=np.int64), "s": np.array(["ab", "c"])}, {"k": 1})
+    return path
+
+
+def test_truncated_file_is_detected(stored):
+    data = stored.read_bytes()
+    stored.write_bytes(data[:-100])
+    with pytest.raises(io.CorruptFileError, match="truncated or padded"):
+        io.read_arrays(stored)
+
+
+def test_flipped_bit_is_detected(stored):
+    data = bytearray(stored.read_bytes())
+    arrays, _ = io.read_arrays(stored)
+    data[-(64 + 500)] ^= 0x10  # inside the int64 array's bytes
+    stored.write_bytes(bytes(data))
+    with pytest.raises(io.CorruptFileError, match="CRC-32"):
+        io.read_arrays(stored)
+
+
+def test_other_file_is_rejected(tmp_path):
+    path = tmp_path / "x.mdcf"
+    path.write_bytes(b"PK\x03\x04 not ours")
+    with pytest.raises(io.CorruptFileError, match="not an mdcf array file"):
+        io.read_arrays(path)
+    path.write_bytes(b"")
+    with pytest.raises(io.CorruptFileError):
+        io.read_arrays(path)
+
+
+def test_object_arrays_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="dtype object"):
+        io.write_arrays(tmp_path / "o.mdcf", {"o": np.array([1, "a"], dtype=object)})
+    assert not (tmp_path / "o.mdcf").exists()

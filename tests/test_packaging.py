@@ -1,0 +1,40 @@
+"""The README's two commands, CI and the package metadata agree."""
+
+import configparser
+import re
+from pathlib import Path
+
+import mdcf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)[:2]
+
+
+def test_readme_has_two_setup_commands_and_ci_runs_the_second():
+    install_and_run, install_and_test = readme_commands()
+    assert "\n" not in install_and_run and "\n" not in install_and_test
+    assert "pip install ." in install_and_run
+    assert '".[test]"' in install_and_test and "pytest" in install_and_test
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert install_and_test in ci
+
+
+def test_metadata():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    requires = config["options"]["install_requires"]
+    for dependency in ("jax", "optax", "numpy", "scipy", "pandas", "tqdm", "matplotlib"):
+        assert re.search(rf"^{dependency}\b", requires, flags=re.M), dependency
+    assert "torch" not in requires and "tensorflow" not in requires
+    extras = config["options.extras_require"]
+    assert {"test", "notebooks", "bench"} <= set(extras)
+    assert config["metadata"]["version"] == mdcf.__version__
+
+
+def test_layout():
+    for folder in ("mdcf", "experiments", "notebooks", "benchmarks", "tests"):
+        assert (ROOT / folder).is_dir(), folder
