@@ -3,6 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mdcf import data
 
@@ -71,3 +73,37 @@ def test_from_dataframe_missing_column():
         data.from_dataframe(pd.DataFrame({"user": [1], "item": [2]}), rating="score")
     with pytest.raises(ValueError, match="no rows"):
         data.from_dataframe(pd.DataFrame({"user": [], "item": [], "rating": []}))
+
+
+def naive_resolution(rows, policy):
+    """Pure-Python reference: rows are (user, item, rating, time, position)."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row[0], row[1]), []).append(row)
+    kept = []
+    for members in groups.values():
+        members = sorted(members, key=lambda r: (r[3], r[4]))
+        chosen = members[0] if policy == "first" else members[-1]
+        value = sum(m[2] for m in members) / len(members) if policy == "mean" else chosen[2]
+        kept.append((chosen[0], chosen[1], value, chosen[3], chosen[4]))
+    return sorted(kept, key=lambda r: r[4])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 3), st.integers(1, 5), st.integers(0, 3)), min_size=1, max_size=40),
+    policy=st.sampled_from(["last", "first", "mean"]),
+)
+def test_duplicate_resolution_matches_naive(rows, policy):
+    import warnings
+
+    users, items, values, times = (list(c) for c in zip(*rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.DuplicateRatingsWarning)
+        r = data.from_arrays(users, items, values, times, duplicates=policy)
+    want = naive_resolution([(u, i, v, t, p) for p, (u, i, v, t) in enumerate(rows)], policy)
+    got = r.to_dataframe()
+    assert got["user"].tolist() == [w[0] for w in want]
+    assert got["item"].tolist() == [w[1] for w in want]
+    np.testing.assert_allclose(got["rating"].to_numpy(), [w[2] for w in want], rtol=1e-6)
+    assert got["timestamp"].tolist() == [w[3] for w in want]

@@ -252,17 +252,32 @@ def resolve_duplicates(
     key = users.astype(np.int64) * n_items + items
     if (key[1:] > key[:-1]).all():  # already sorted and distinct (e.g. MovieLens csv files)
         return None, None, 0
-    position = np.arange(len(key))
-    order_keys = [position] + ([timestamps] if timestamps is not None else []) + [key]
-    order = np.lexsort(order_keys)  # by key, then time, then file position
-    sorted_key = key[order]
-    new_group = np.empty(len(key), dtype=bool)
-    new_group[0] = True
-    np.not_equal(sorted_key[1:], sorted_key[:-1], out=new_group[1:])
-    n_groups = int(new_group.sum())
-    n_dropped = len(key) - n_groups
-    if n_dropped == 0:
+    sorted_key = np.sort(key)
+    repeated = sorted_key[1:] == sorted_key[:-1]
+    if not repeated.any():
         return None, None, 0
+    # Only rows whose pair occurs more than once take part in the (costlier) resolution.
+    repeated_keys = np.unique(sorted_key[1:][repeated])
+    del sorted_key, repeated
+    # Cheap O(n) pre-filters on the user and item of a repeated pair, then an exact check.
+    candidate = np.zeros(int(users.max()) + 1, dtype=bool)
+    candidate[repeated_keys // n_items] = True
+    maybe = candidate[users]
+    candidate = np.zeros(n_items, dtype=bool)
+    candidate[repeated_keys % n_items] = True
+    maybe &= candidate[items]
+    rows = np.flatnonzero(maybe)
+    slot = np.minimum(np.searchsorted(repeated_keys, key[rows]), len(repeated_keys) - 1)
+    rows = rows[repeated_keys[slot] == key[rows]]
+    sub_key = key[rows]
+    sort_keys = [rows] + ([timestamps[rows]] if timestamps is not None else []) + [sub_key]
+    order = rows[np.lexsort(sort_keys)]  # by pair, then time, then file position
+    ordered_key = key[order]
+    new_group = np.empty(len(order), dtype=bool)
+    new_group[0] = True
+    np.not_equal(ordered_key[1:], ordered_key[:-1], out=new_group[1:])
+    n_groups = int(new_group.sum())
+    n_dropped = len(order) - n_groups
     if policy == "error":
         first_dup = order[np.flatnonzero(~new_group)[0]]
         raise ValueError(
@@ -270,18 +285,22 @@ def resolve_duplicates(
             f"item {items[first_dup]} (codes) at row {first_dup}; pass duplicates='last', "
             "'first' or 'mean' to resolve them"
         )
-    last_of_group = np.empty(len(key), dtype=bool)
+    last_of_group = np.empty(len(order), dtype=bool)
     last_of_group[-1] = True
     last_of_group[:-1] = new_group[1:]
     pick = order[new_group] if policy == "first" else order[last_of_group]
-    new_ratings = None
-    if policy == "mean":
-        group_id = np.cumsum(new_group) - 1
-        sums = np.bincount(group_id, weights=ratings[order].astype(np.float64), minlength=n_groups)
-        means = (sums / np.bincount(group_id, minlength=n_groups)).astype(np.float32)
-        by_position = np.argsort(pick, kind="stable")
-        return pick[by_position], means[by_position], n_dropped
-    return np.sort(pick), new_ratings, n_dropped
+    keep_mask = np.ones(len(key), dtype=bool)
+    keep_mask[rows] = False
+    keep_mask[pick] = True
+    keep = np.flatnonzero(keep_mask)
+    if policy != "mean":
+        return keep, None, n_dropped
+    group_id = np.cumsum(new_group) - 1
+    sums = np.bincount(group_id, weights=ratings[order].astype(np.float64), minlength=n_groups)
+    means = (sums / np.bincount(group_id, minlength=n_groups)).astype(np.float32)
+    new_ratings = ratings.copy()
+    new_ratings[pick] = means
+    return keep, new_ratings[keep], n_dropped
 
 
 def from_arrays(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -211,6 +212,11 @@ def _layout(source: _Source, fmt: str) -> _Layout:
     return _Layout(sep, True, tuple(positions), len(fields))
 
 
+def _header_names(source: _Source, layout: _Layout) -> list[str]:
+    _, line = _first_line(source)
+    return line.rstrip("\r\n").split(layout.sep)
+
+
 def _validate_lines(
     source: _Source,
     layout: _Layout,
@@ -294,21 +300,26 @@ def _fast_parse(source: _Source, layout: _Layout, scale):
     else:
         stream = source.open()
         sep = layout.sep
+    rating_column = layout.columns[2]
+    if layout.header:
+        rating_column = _header_names(source, layout)[rating_column]
     try:
-        frame = pd.read_csv(
-            stream,
-            sep=sep,
-            header=0 if layout.header else None,
-            # No usecols: with it pandas silently drops surplus fields of a malformed line.
-            engine="c",
-            skip_blank_lines=True,
-            on_bad_lines="error",
-            quoting=3,  # csv.QUOTE_NONE: ids and numbers are never quoted in these formats
-            low_memory=False,
-            dtype={layout.columns[2]: np.float64} if not layout.header else None,
-            names=None if layout.header else list(range(layout.n_fields)),
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, UnicodeDecodeError):
+        with warnings.catch_warnings():
+            # Mixed-type id columns are resolved below (ids become strings).
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            frame = pd.read_csv(
+                stream,
+                sep=sep,
+                header=0 if layout.header else None,
+                names=None if layout.header else list(range(layout.n_fields)),
+                # No usecols: with it pandas silently drops surplus fields of a malformed line.
+                engine="c",
+                skip_blank_lines=True,
+                on_bad_lines="error",
+                quoting=3,  # csv.QUOTE_NONE: ids and numbers are never quoted in these formats
+                dtype={rating_column: np.float32},
+            )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, TypeError, UnicodeDecodeError):
         return None
     finally:
         stream.close()
@@ -331,7 +342,7 @@ def _fast_parse(source: _Source, layout: _Layout, scale):
 
             if pd.isna(array).any():
                 return None
-            return array.astype(str)
+            return array.astype(str)  # strings, or ints and strings mixed across chunks
         return None
 
     users, items = as_ids(columns[0]), as_ids(columns[1])
@@ -339,7 +350,7 @@ def _fast_parse(source: _Source, layout: _Layout, scale):
         return None
     if columns[2].dtype.kind not in "fiu":
         return None
-    ratings = columns[2].astype(np.float64, copy=False)
+    ratings = columns[2].astype(np.float32, copy=False)
     if not np.isfinite(ratings).all():
         return None
     if scale is not None and ((ratings < scale[0]) | (ratings > scale[1])).any():
@@ -353,7 +364,7 @@ def _fast_parse(source: _Source, layout: _Layout, scale):
         elif stamps.dtype.kind not in "iu":
             return None
         timestamps = stamps.astype(np.int64)
-    return users, items, ratings.astype(np.float32), timestamps
+    return users, items, ratings, timestamps
 
 
 def read_ratings(
