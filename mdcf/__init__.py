@@ -1,10 +1,16 @@
 """mdcf: mixed-dimension embeddings for memory-efficient collaborative filtering, in JAX.
 
-Submodules: :mod:`mdcf.data` (ratings in), :mod:`mdcf.io` (atomic files).
+Submodules:
+
+* :mod:`mdcf.data`: ratings in (MovieLens, custom files, splits, a synthetic generator);
+* :mod:`mdcf.blocking`: rows into blocks (frequency equipartition, table stacking);
+* :mod:`mdcf.sizing`: dimensions per block (popularity rule, dlrm's solver, exact budgets);
+* :mod:`mdcf.embedding`: the MD layer as pure JAX functions;
+* :mod:`mdcf.io`: atomic files and checksummed array containers.
 """
 
-from . import data, io
+from . import blocking, data, embedding, io, sizing
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "io", "__version__"]
+__all__ = ["blocking", "data", "embedding", "io", "sizing", "__version__"]

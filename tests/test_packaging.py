@@ -38,3 +38,12 @@ def test_metadata():
 def test_layout():
     for folder in ("mdcf", "experiments", "notebooks", "benchmarks", "tests"):
         assert (ROOT / folder).is_dir(), folder
+
+
+def test_readme_python_examples_run(ml100k_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MDCF_DATA_DIR", str(ml100k_dir))
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)\n```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

@@ -1,0 +1,137 @@
+"""MD layer speed against a uniform table at the same base dimension.
+
+For each (rows, batch, blocks) configuration this prints, in one run, the
+forward+backward time per batch of
+
+* a uniform ``[rows, d0]`` table (``jax.grad`` of a plain gather),
+* an MD layer at the same ``d0`` (dimensions from :func:`mdcf.sizing.popularity_dims`),
+* an MD layer with 8x fewer parameters than the uniform table
+  (:func:`mdcf.sizing.solve_budget`, projections counted),
+
+as ratios to the uniform time, plus forward-only (inference) ratios for the MD
+layer and for its pre-projected table (:func:`mdcf.embedding.materialize`, one
+gather). Rows are frequency-sorted with Zipf popularity and cut into
+equal-mass blocks; ids are drawn from that popularity. Each variant is timed on
+the same batches, interleaved, and the median of several rounds is reported.
+
+Targets on a 2-core CPU: MD <= 1.5x the uniform step at the same d0; MD with 8x
+fewer parameters <= 1.0x.
+
+Usage::
+
+    python benchmarks/bench_embedding.py            # full grid (several minutes)
+    python benchmarks/bench_embedding.py --quick    # three configurations
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=float, nargs="+", default=[1e4, 1e5, 1e6])
+    parser.add_argument("--batches", type=int, nargs="+", default=[4096, 16384, 65536])
+    parser.add_argument("--blocks", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--base-dim", type=int, default=64)
+    parser.add_argument("--alpha", type=float, default=0.3)
+    parser.add_argument("--zipf", type=float, default=1.0, help="popularity exponent of the rows")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--quick", action="store_true", help="three configurations only")
+    args = parser.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+
+    from mdcf import blocking, sizing
+    from mdcf.data import zipf_weights
+    from mdcf.embedding import MDSpec, init, lookup, materialize, num_params
+
+    configs = list(itertools.product([int(r) for r in args.rows], args.batches, args.blocks))
+    if args.quick:
+        configs = [(10_000, 4096, 8), (200_000, 16384, 8), (1_000_000, 16384, 16)]
+    d0 = args.base_dim
+    steps = 4  # batches per timed call, run as one jitted scan
+
+    def timed(spec, params, ids, cotangent, forward_only=False, pre_projected=False):
+        def one(params, batch):
+            if pre_projected:
+                return jnp.sum(params[batch] * cotangent)
+            return jnp.sum(lookup(params, spec, batch) * cotangent)
+
+        @jax.jit
+        def run(params, ids):
+            def body(carry, batch):
+                if forward_only:
+                    return carry + one(params, batch), None
+                grads = jax.grad(one)(params, batch)
+                return carry + sum(jnp.sum(g[:1]) for g in jax.tree.leaves(grads)), None
+
+            return jax.lax.scan(body, 0.0, ids)[0]
+
+        run(params, ids).block_until_ready()
+        return lambda: run(params, ids).block_until_ready()
+
+    rows_out = []
+    print(f"bench_embedding: d0={d0}, alpha={args.alpha}, Zipf {args.zipf}, {os.cpu_count()} CPUs, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}; ms per batch of forward+backward")
+    header = (f"{'rows':>9} {'batch':>6} {'k':>3} | {'uniform':>8} | {'MD params':>9} {'MD':>6} | "
+              f"{'MD/8 params':>11} {'MD/8':>6} | {'fwd MD':>6} {'fwd pre':>7}")
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(0)
+    for n, batch, k in configs:
+        counts = zipf_weights(n, args.zipf) * n * 20
+        blocks = blocking.equipartition(counts, k)
+        loads = tuple(blocks.probs)
+        dims = sizing.popularity_dims(blocks.row_probs, args.alpha, base_dim=d0)
+        md = MDSpec(blocks.sizes, dims, d0, loads)
+        uniform = MDSpec.uniform(n, d0)
+        try:
+            small = sizing.solve_budget(n * d0 // 8, blocks.sizes, blocks.row_probs, d0, args.alpha).with_loads(loads)
+        except ValueError:
+            small = sizing.solve_budget(n * d0 // 8, blocks.sizes, blocks.row_probs, d0, args.alpha,
+                                        tolerance=0.05).with_loads(loads)
+        probs = counts[blocks.order] / counts.sum()
+        ids = jnp.asarray(rng.choice(n, size=(steps, batch), p=probs).astype(np.int32))
+        cotangent = jnp.asarray(rng.standard_normal((batch, d0)).astype(np.float32))
+        key = jax.random.key(0)
+        md_params = init(key, md)
+        variants = {
+            "uniform": timed(uniform, init(key, uniform), ids, cotangent),
+            "md": timed(md, md_params, ids, cotangent),
+            "small": timed(small, init(key, small), ids, cotangent),
+            "uniform_fwd": timed(uniform, init(key, uniform), ids, cotangent, forward_only=True),
+            "md_fwd": timed(md, md_params, ids, cotangent, forward_only=True),
+            "pre_fwd": timed(md, materialize(md_params, md), ids, cotangent, forward_only=True, pre_projected=True),
+        }
+        times = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, call in variants.items():
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+        median = {name: float(np.median(t)) / steps * 1e3 for name, t in times.items()}
+        ratio = {name: median[name] / median["uniform"] for name in ("md", "small")}
+        ratio_fwd = {name: median[name] / median["uniform_fwd"] for name in ("md_fwd", "pre_fwd")}
+        share = num_params(md) / num_params(uniform)
+        share_small = num_params(small) / num_params(uniform)
+        rows_out.append((n, batch, k, ratio["md"], ratio["small"]))
+        print(f"{n:>9,} {batch:>6} {k:>3} | {median['uniform']:>8.2f} | {share:>9.3f} {ratio['md']:>5.2f}x | "
+              f"{share_small:>11.3f} {ratio['small']:>5.2f}x | {ratio_fwd['md_fwd']:>5.2f}x {ratio_fwd['pre_fwd']:>6.2f}x",
+              flush=True)
+    met_md = sum(r[3] <= 1.5 for r in rows_out)
+    met_small = sum(r[4] <= 1.0 for r in rows_out)
+    print(f"\nMD at the same d0 <= 1.5x uniform: {met_md}/{len(rows_out)} configurations")
+    print(f"MD with 8x fewer parameters <= 1.0x uniform: {met_small}/{len(rows_out)} configurations")
+    print("MD params / MD/8 params: parameter count relative to the uniform table (projections included); "
+          "fwd: forward-only time relative to the uniform forward; pre: gathers from the pre-projected table")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,453 @@
+"""The mixed-dimension embedding layer (the paper's Algorithm 1), as pure JAX functions.
+
+An MD layer over ``n`` rows has ``k`` blocks; block ``i`` holds ``n_i`` rows, a
+table ``E_i`` of shape ``[n_i, d_i]`` and a projection ``P_i`` of shape
+``[d_i, d0]`` (none when ``d_i == d0``). Row ``x`` in block ``i`` (``t_i <= x < t_i + n_i``)
+embeds as ``E_i[x - t_i] @ P_i``, so every row comes out with the base
+dimension ``d0``. A uniform embedding is the one-block layer.
+
+Rows are *block-ordered* ids (see :mod:`mdcf.blocking`): translate original
+ids with ``blocking.position[ids]`` once, when preparing data.
+
+Structure lives in :class:`MDSpec` (hashable, a valid ``jax.jit`` static
+argument, JSON round-trip); parameters are an :class:`MDParams` pytree::
+
+    spec = MDSpec(sizes=(100, 900), dims=(32, 8), base_dim=32)
+    params = init(jax.random.key(0), spec)
+    vectors = lookup(params, spec, ids)          # [..., 32]
+
+Out-of-range ids: :func:`lookup` raises ``IndexError`` when ``ids`` are concrete
+(outside ``jit``). Under ``jit`` (traced ids) it cannot raise: such ids embed as
+NaN vectors, so a bad id poisons the loss loudly instead of silently reading
+another row, and they receive no gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "MDSpec",
+    "MDParams",
+    "num_params",
+    "init",
+    "lookup",
+    "lookup_bag",
+    "materialize",
+    "check_ids",
+    "block_capacities",
+]
+
+
+@dataclass(frozen=True)
+class MDSpec:
+    """The static structure of an MD layer.
+
+    Attributes:
+      sizes: rows per block ``n_i``.
+      dims: dimension per block ``d_i``, each ``1 <= d_i <= base_dim``.
+      base_dim: output dimension ``d0``.
+      loads: optional expected share of lookups going to each block (a
+        performance hint, never a change in results: :func:`lookup` sizes its
+        per-block work from it). ``None`` means equal shares, which is what a
+        frequency equipartition gives; for other blockings pass
+        ``Blocking.probs``. Stored normalised to sum 1.
+    """
+
+    sizes: tuple[int, ...]
+    dims: tuple[int, ...]
+    base_dim: int
+    loads: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        try:
+            sizes = tuple(int(s) for s in self.sizes)
+            dims = tuple(int(d) for d in self.dims)
+            base_dim = int(self.base_dim)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"MDSpec needs integer sizes, dims and base_dim, got {self.sizes!r}, {self.dims!r}, {self.base_dim!r}"
+            ) from None
+        if not sizes or len(sizes) != len(dims):
+            raise ValueError(f"MDSpec needs one dim per block: {len(sizes)} sizes, {len(dims)} dims")
+        if min(sizes) < 1:
+            raise ValueError(f"MDSpec block sizes must be >= 1, got {sizes}")
+        if base_dim < 1:
+            raise ValueError(f"MDSpec base_dim must be >= 1, got {base_dim}")
+        bad = [(i, d) for i, d in enumerate(dims) if not 1 <= d <= base_dim]
+        if bad:
+            raise ValueError(
+                f"MDSpec block dims must lie in [1, base_dim={base_dim}]; block {bad[0][0]} has {bad[0][1]}"
+            )
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "dims", dims)
+        object.__setattr__(self, "base_dim", base_dim)
+        if self.loads is not None:
+            loads = tuple(float(x) for x in self.loads)
+            if len(loads) != len(sizes) or min(loads) < 0 or not math.isfinite(sum(loads)) or sum(loads) <= 0:
+                raise ValueError(f"MDSpec loads must give a non-negative share per block, got {self.loads!r}")
+            total = sum(loads)
+            object.__setattr__(self, "loads", tuple(x / total for x in loads))
+
+    @classmethod
+    def uniform(cls, n_rows: int, dim: int) -> "MDSpec":
+        """A plain ``[n_rows, dim]`` table: the one-block layer."""
+        return cls((n_rows,), (dim,), dim)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """First row of each block, ``t_i``."""
+        out, total = [], 0
+        for size in self.sizes:
+            out.append(total)
+            total += size
+        return tuple(out)
+
+    @property
+    def projected(self) -> tuple[bool, ...]:
+        """Whether each block has a projection (``d_i < d0``)."""
+        return tuple(d < self.base_dim for d in self.dims)
+
+    def with_loads(self, loads) -> "MDSpec":
+        """The same layer with a different ``loads`` hint."""
+        return MDSpec(self.sizes, self.dims, self.base_dim, None if loads is None else tuple(loads))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"sizes": list(self.sizes), "dims": list(self.dims), "base_dim": self.base_dim}
+        if self.loads is not None:
+            out["loads"] = list(self.loads)
+        return out
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> "MDSpec":
+        missing = {"sizes", "dims", "base_dim"} - set(value)
+        if missing:
+            raise ValueError(f"MDSpec.from_dict: missing keys {sorted(missing)} in {value!r}")
+        loads = value.get("loads")
+        return cls(tuple(value["sizes"]), tuple(value["dims"]), value["base_dim"], None if loads is None else tuple(loads))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> "MDSpec":
+        return cls.from_dict(json.loads(text))
+
+
+class MDParams(NamedTuple):
+    """Parameters of an MD layer: a pytree.
+
+    Attributes:
+      tables: ``E_i``, ``[n_i, d_i]`` each.
+      projections: ``P_i``, ``[d_i, d0]``, or ``None`` for blocks with ``d_i == d0``.
+    """
+
+    tables: tuple[jax.Array, ...]
+    projections: tuple[jax.Array | None, ...]
+
+
+def num_params(spec: MDSpec) -> int:
+    """Every parameter of the layer: ``sum_i n_i d_i`` plus ``d_i * d0`` per projected block."""
+    return sum(n * d + (d * spec.base_dim if d < spec.base_dim else 0) for n, d in zip(spec.sizes, spec.dims))
+
+
+def init(key: jax.Array, spec: MDSpec, stddev: float = 0.1, dtype=jnp.float32) -> MDParams:
+    """Random parameters whose embeddings have i.i.d. ``N(0, stddev**2)`` coordinates.
+
+    Uniform blocks (``d_i == d0``) draw ``E_i ~ N(0, stddev**2)``. Projected blocks
+    draw ``E_i ~ N(0, stddev**2)`` and ``P_i = sqrt(d0 / d_i) * Q`` with ``Q`` a
+    random ``[d_i, d0]`` matrix with orthonormal rows, so that ``E_i[x] @ P_i``
+    has the same per-coordinate variance as a uniform table's row and the
+    projection is well conditioned (it scales every direction of ``E_i`` alike).
+    Every layer, MD or uniform, therefore starts at the same scale.
+
+    Args:
+      key: a JAX PRNG key.
+      spec: the structure.
+      stddev: standard deviation of each output coordinate at initialisation.
+      dtype: parameter dtype.
+    """
+    keys = jax.random.split(key, 2 * spec.n_blocks)
+    tables, projections = [], []
+    orthogonal = jax.nn.initializers.orthogonal()
+    for i, (n, d) in enumerate(zip(spec.sizes, spec.dims)):
+        tables.append(stddev * jax.random.normal(keys[2 * i], (n, d), dtype))
+        if d < spec.base_dim:
+            q = orthogonal(keys[2 * i + 1], (d, spec.base_dim), dtype)
+            projections.append(q * jnp.asarray(math.sqrt(spec.base_dim / d), dtype))
+        else:
+            projections.append(None)
+    return MDParams(tuple(tables), tuple(projections))
+
+
+def check_ids(spec: MDSpec, ids) -> None:
+    """Raise ``IndexError`` if concrete ``ids`` fall outside ``[0, n_rows)``; no-op on tracers."""
+    if isinstance(ids, jax.core.Tracer):
+        return
+    values = np.asarray(ids)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"ids must be integers, got dtype {values.dtype}")
+    if values.size == 0:
+        return
+    bad = (values < 0) | (values >= spec.n_rows)
+    if bad.any():
+        raise IndexError(
+            f"{int(bad.sum())} ids outside [0, {spec.n_rows}) (the layer's rows), e.g. "
+            f"{values[bad].ravel()[:5].tolist()}; ids are block-ordered rows (blocking.position[original])"
+        )
+
+
+def _block_vectors(params: MDParams, block: int, rows: jax.Array, project_table: bool) -> jax.Array:
+    """``E_i[rows] @ P_i``; with ``project_table``, ``(E_i @ P_i)[rows]`` (cheaper when the
+    block has fewer rows than lookups). Rows outside the block give NaN vectors."""
+    table = params.tables[block]
+    projection = params.projections[block]
+    if projection is not None and project_table:
+        table, projection = table @ projection, None
+    vectors = table.at[rows].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
+    return vectors if projection is None else vectors @ projection
+
+
+def _lookup_masked(params: MDParams, spec: MDSpec, flat: jax.Array) -> jax.Array:
+    """Every block for every id, masked: exact for any id distribution."""
+    batch = flat.shape[0]
+    out = None
+    for block, (offset, size) in enumerate(zip(spec.offsets, spec.sizes)):
+        local = flat - offset
+        inside = (local >= 0) & (local < size)
+        vectors = _block_vectors(params, block, jnp.where(inside, local, 0), size <= batch)
+        vectors = jnp.where(inside[:, None], vectors, 0)
+        out = vectors if out is None else out + vectors
+    valid = (flat >= 0) & (flat < spec.n_rows)
+    return jnp.where(valid[:, None], out, jnp.nan)
+
+
+def _lookup_grouped(params: MDParams, spec: MDSpec, flat: jax.Array, capacities: tuple[int, ...]) -> jax.Array:
+    """Ids grouped by block; block ``i`` processes ``capacities[i]`` slots.
+
+    Valid only when no block receives more ids than its capacity. Each id gets a
+    slot ``start_i + rank`` (its rank among the batch's ids of block ``i``);
+    block ``i`` gathers and projects the ids of its slots (unused slots read
+    row 0 and are never read back), and one gather from the stacked block
+    outputs restores the batch order. Out-of-range ids get a slot past the end,
+    which the final gather fills with NaN.
+    """
+    k = spec.n_blocks
+    total = int(sum(capacities))
+    offsets = jnp.asarray(spec.offsets, flat.dtype)
+    starts_host = np.concatenate([[0], np.cumsum(capacities)[:-1]]).astype(np.int64)
+    starts = jnp.asarray(starts_host, flat.dtype)
+    valid = (flat >= 0) & (flat < spec.n_rows)
+    block_of = jnp.sum(flat[:, None] >= offsets[None, 1:], axis=1)
+    block_of = jnp.where(valid, block_of, k)  # k: no block
+    one_hot = block_of[:, None] == jnp.arange(k)[None, :]  # [B, k]
+    rank = jnp.sum(jnp.where(one_hot, jnp.cumsum(one_hot, axis=0) - 1, 0), axis=1)
+    inside = jnp.minimum(block_of, k - 1)
+    slot = jnp.where(valid, starts[inside] + rank, total)
+    grouped = jnp.zeros(total, flat.dtype).at[slot].set(flat - offsets[inside], mode="drop", unique_indices=True)
+    outputs = [
+        _block_vectors(params, block, grouped[start:start + capacity], spec.sizes[block] <= capacity)
+        for block, (start, capacity) in enumerate(zip(starts_host.tolist(), capacities))
+    ]
+    # Slots are distinct, so the gather's transpose is a scatter without collisions.
+    return jnp.concatenate(outputs, axis=0).at[slot].get(
+        mode="fill", fill_value=jnp.nan, unique_indices=True, wrap_negative_indices=False
+    )
+
+
+def _lookup_chunked(params: MDParams, spec: MDSpec, flat: jax.Array, chunk: int) -> jax.Array:
+    """The grouped path over chunks of ``chunk`` ids, with ``chunk`` slots per block.
+
+    A chunk can never overflow its slots, so this is exact for any ids. It does
+    as much arithmetic as the masked path but keeps only one chunk's
+    temporaries alive, which keeps the (rarely taken) fallback branch cheap to
+    carry in the compiled step.
+    """
+    batch = flat.shape[0]
+    n_chunks = -(-batch // chunk)
+    padded = jnp.concatenate([flat, jnp.full(n_chunks * chunk - batch, -1, flat.dtype)])
+    capacities = (chunk,) * spec.n_blocks
+    out = jax.lax.map(lambda ids: _lookup_grouped(params, spec, ids, capacities), padded.reshape(n_chunks, chunk))
+    return out.reshape(n_chunks * chunk, spec.base_dim)[:batch]
+
+
+def _fits(spec: MDSpec, flat: jax.Array, capacities: tuple[int, ...]) -> jax.Array:
+    bounds = jnp.asarray(spec.offsets + (spec.n_rows,), flat.dtype)
+    counts = jnp.sum((flat[:, None] >= bounds[None, :-1]) & (flat[:, None] < bounds[None, 1:]), axis=0)
+    return jnp.all(counts <= jnp.asarray(capacities))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _lookup_grouped_or_masked(params: MDParams, flat: jax.Array, spec: MDSpec, capacities: tuple[int, ...]):
+    """The grouped path when every block's load fits its capacity, else the chunked path.
+
+    A custom VJP keeps the choice cheap to differentiate: a plain ``lax.cond``
+    under ``grad`` stores residuals for *both* branches (zero-filled for the
+    branch not taken). Here the forward pass stores only its inputs and the
+    backward pass takes the VJP of the branch that ran, whose recomputed primal
+    output is unused and eliminated by the compiler.
+    """
+    return jax.lax.cond(
+        _fits(spec, flat, capacities),
+        lambda p, x: _lookup_grouped(p, spec, x, capacities),
+        lambda p, x: _lookup_chunked(p, spec, x, min(capacities)),
+        params,
+        flat,
+    )
+
+
+def _lookup_grouped_or_masked_fwd(params, flat, spec, capacities):
+    return _lookup_grouped_or_masked(params, flat, spec, capacities), (params, flat)
+
+
+def _lookup_grouped_or_masked_bwd(spec, capacities, residuals, cotangent):
+    params, flat = residuals
+
+    def grads(path):
+        return lambda p, x, ct: jax.vjp(lambda q: path(q, x), p)[1](ct)[0]
+
+    param_grads = jax.lax.cond(
+        _fits(spec, flat, capacities),
+        grads(lambda p, x: _lookup_grouped(p, spec, x, capacities)),
+        grads(lambda p, x: _lookup_chunked(p, spec, x, min(capacities))),
+        params,
+        flat,
+        cotangent,
+    )
+    return param_grads, np.zeros(flat.shape, dtype=jax.dtypes.float0)  # ids: no gradient
+
+
+_lookup_grouped_or_masked.defvjp(_lookup_grouped_or_masked_fwd, _lookup_grouped_or_masked_bwd)
+
+
+def block_capacities(spec: MDSpec, batch: int) -> tuple[int, ...]:
+    """Slots per block on the grouped path: each block's expected load plus six standard deviations.
+
+    A block's load in a shuffled batch is about ``Binomial(batch, loads[i])``
+    (equal shares when ``spec.loads`` is None); exceeding this capacity is
+    rarer than one batch in a hundred million, and even then :func:`lookup`
+    stays exact (it takes a slower path).
+    """
+    loads = spec.loads or (1.0 / spec.n_blocks,) * spec.n_blocks
+    out = []
+    for share in loads:
+        mean = batch * share
+        out.append(min(batch, int(math.ceil(mean + 6.0 * math.sqrt(mean * (1.0 - share)))) + 8))
+    return tuple(out)
+
+
+def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "auto") -> jax.Array:
+    """Embeddings of block-ordered row ids (Algorithm 1).
+
+    Args:
+      params: the layer's parameters.
+      spec: its structure (static).
+      ids: integer array of any shape, rows in ``[0, spec.n_rows)``.
+      capacity: performance knob, never a change in results. ``"auto"``
+        (default) picks the cheapest exact strategy: when the layer has no more
+        rows than the batch, every block is projected once and the ids gathered
+        from the result; otherwise ids are grouped by block and block ``i``
+        gathers and projects only ``block_capacities(spec, batch)[i]`` slots
+        (blocks smaller than their slots are projected whole). A batch that
+        overflows a block's slots is processed in chunks that cannot overflow
+        (exact, slower). An int sets every block's slots; ``None`` always takes
+        the plain path that runs every block on every id.
+
+    Returns:
+      ``[*ids.shape, base_dim]``. Differentiable in every table and projection.
+      Out-of-range ids give NaN vectors under ``jit`` and raise ``IndexError``
+      outside it.
+    """
+    check_ids(spec, ids)
+    ids = jnp.asarray(ids)
+    flat = ids.reshape(-1).astype(jnp.int32)
+    batch = flat.shape[0]
+    if capacity == "auto":
+        capacities = block_capacities(spec, batch)
+    elif capacity is None:
+        capacities = None
+    elif isinstance(capacity, (int, np.integer)) and capacity >= 1:
+        capacities = (min(int(capacity), batch),) * spec.n_blocks
+    else:
+        raise ValueError(f"capacity must be 'auto', None or a positive integer, got {capacity!r}")
+    if spec.n_blocks == 1:
+        out = _block_vectors(params, 0, flat, False)
+    elif capacities is None:
+        out = _lookup_masked(params, spec, flat)
+    elif capacity == "auto" and spec.n_rows <= batch:
+        out = materialize(params, spec).at[flat].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
+    else:
+        out = _lookup_grouped_or_masked(params, flat, spec, capacities)
+    return out.reshape(*ids.shape, spec.base_dim)
+
+
+def lookup_bag(
+    params: MDParams,
+    spec: MDSpec,
+    ids,
+    weights=None,
+    mode: str = "sum",
+    capacity: int | str | None = "auto",
+) -> jax.Array:
+    """Multi-hot lookups reduced over the last axis (an embedding bag).
+
+    Args:
+      params, spec: the layer.
+      ids: ``[..., bag]`` integer rows; negative ids are padding and contribute nothing.
+      weights: optional ``[..., bag]`` per-id weights (ignored for padding).
+      mode: ``"sum"`` (weighted sum) or ``"mean"`` (weighted sum divided by the
+        total weight of the non-padding ids; an all-padding bag gives zeros).
+      capacity: see :func:`lookup`.
+
+    Returns:
+      ``[..., base_dim]``.
+    """
+    if mode not in ("sum", "mean"):
+        raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
+    if not isinstance(ids, jax.core.Tracer):
+        values = np.asarray(ids)
+        if values.ndim < 1:
+            raise ValueError("lookup_bag needs ids with a bag axis (last axis)")
+        check_ids(spec, np.where(values < 0, 0, values))
+    ids = jnp.asarray(ids)
+    present = ids >= 0
+    vectors = lookup(params, spec, jnp.where(present, ids, 0), capacity)
+    weight = present.astype(vectors.dtype)
+    if weights is not None:
+        weights = jnp.asarray(weights, vectors.dtype)
+        if weights.shape != ids.shape:
+            raise ValueError(f"weights have shape {weights.shape}, ids {ids.shape}")
+        weight = weight * weights
+    total = jnp.sum(vectors * weight[..., None], axis=-2)
+    if mode == "mean":
+        norm = jnp.sum(weight, axis=-1, keepdims=True)
+        total = total / jnp.where(norm == 0, 1, norm)
+    return total
+
+
+def materialize(params: MDParams, spec: MDSpec) -> jax.Array:
+    """The full ``[n_rows, base_dim]`` table: every block's ``E_i @ P_i``, stacked.
+
+    Useful for inference (one gather per lookup) and for inspection.
+    """
+    blocks = [
+        table if projection is None else table @ projection
+        for table, projection in zip(params.tables, params.projections)
+    ]
+    return jnp.concatenate(blocks, axis=0)

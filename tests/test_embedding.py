@@ -1,0 +1,235 @@
+"""The MD layer against naive per-id references, under jit, grad and vmap."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mdcf import embedding
+from mdcf.embedding import MDParams, MDSpec, init, lookup, lookup_bag, materialize, num_params
+
+CAPACITIES = [None, "auto", 1, 3, 1000]
+
+
+@st.composite
+def specs(draw, max_blocks=4):
+    k = draw(st.integers(1, max_blocks))
+    base_dim = draw(st.integers(1, 6))
+    sizes = tuple(draw(st.lists(st.integers(1, 9), min_size=k, max_size=k)))
+    dims = tuple(draw(st.lists(st.integers(1, base_dim), min_size=k, max_size=k)))
+    loads = draw(st.none() | st.lists(st.floats(0.01, 1), min_size=k, max_size=k).map(tuple))
+    return MDSpec(sizes, dims, base_dim, loads)
+
+
+def naive_lookup(params, spec, ids):
+    """Algorithm 1, one id at a time."""
+    tables = [np.asarray(t, np.float64) for t in params.tables]
+    projections = [None if p is None else np.asarray(p, np.float64) for p in params.projections]
+    out = np.zeros(np.shape(ids) + (spec.base_dim,))
+    for index, x in np.ndenumerate(np.asarray(ids)):
+        for i, (t, n) in enumerate(zip(spec.offsets, spec.sizes)):
+            if t <= x < t + n:
+                row = tables[i][x - t]
+                out[index] = row if projections[i] is None else row @ projections[i]
+    return out
+
+
+def naive_grads(params, spec, ids, cotangent):
+    """d/dparams of sum(lookup * cotangent), accumulated one id at a time."""
+    tables = [np.asarray(t, np.float64) for t in params.tables]
+    projections = [None if p is None else np.asarray(p, np.float64) for p in params.projections]
+    d_tables = [np.zeros_like(t) for t in tables]
+    d_projections = [None if p is None else np.zeros_like(p) for p in projections]
+    flat_ids = np.asarray(ids).reshape(-1)
+    flat_ct = np.asarray(cotangent, np.float64).reshape(len(flat_ids), spec.base_dim)
+    for x, g in zip(flat_ids, flat_ct):
+        for i, (t, n) in enumerate(zip(spec.offsets, spec.sizes)):
+            if t <= x < t + n:
+                if projections[i] is None:
+                    d_tables[i][x - t] += g
+                else:
+                    d_tables[i][x - t] += projections[i] @ g
+                    d_projections[i] += np.outer(tables[i][x - t], g)
+    return d_tables, d_projections
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec=specs(), seed=st.integers(0, 2**31 - 1), shape=st.sampled_from([(7,), (3, 5), (2, 3, 4), (1,), (40,)]),
+       capacity=st.sampled_from(CAPACITIES))
+def test_lookup_and_gradients_match_naive(spec, seed, shape, capacity):
+    rng = np.random.default_rng(seed)
+    params = init(jax.random.key(seed % 1000), spec)
+    ids = rng.integers(0, spec.n_rows, size=shape)
+    np.testing.assert_allclose(lookup(params, spec, ids, capacity=capacity), naive_lookup(params, spec, ids),
+                               rtol=1e-5, atol=1e-6)
+    cotangent = rng.standard_normal(shape + (spec.base_dim,)).astype(np.float32)
+    grads = jax.grad(lambda p: jnp.sum(lookup(p, spec, ids, capacity=capacity) * cotangent))(params)
+    want_tables, want_projections = naive_grads(params, spec, ids, cotangent)
+    for got, want in zip(grads.tables, want_tables):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads.projections, want_projections):
+        assert (got is None) == (want is None)
+        if got is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_path_with_realistic_loads_and_overflow():
+    # Large enough for the grouped path; one batch fits the capacities, one overflows block 0.
+    spec = MDSpec((10, 40, 150, 800), (16, 8, 4, 2), 16, loads=(0.25, 0.25, 0.25, 0.25))
+    params = init(jax.random.key(1), spec)
+    rng = np.random.default_rng(0)
+    bounds = np.cumsum((0,) + spec.sizes)
+    fitting = np.concatenate([rng.integers(bounds[i], bounds[i + 1], 300) for i in range(4)])
+    overflowing = np.concatenate([rng.integers(0, 10, 900), rng.integers(10, 1000, 300)])
+    for ids in (rng.permutation(fitting), rng.permutation(overflowing)):
+        assert embedding.block_capacities(spec, len(ids))[0] < 900
+        np.testing.assert_allclose(lookup(params, spec, ids), naive_lookup(params, spec, ids), rtol=1e-5, atol=1e-6)
+        ct = rng.standard_normal((len(ids), 16)).astype(np.float32)
+        grads = jax.jit(jax.grad(lambda p, i: jnp.sum(lookup(p, spec, i) * ct)))(params, ids)
+        want_tables, want_projections = naive_grads(params, spec, ids, ct)
+        for got, want in zip(grads.tables, want_tables):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_small_layer_projects_whole_tables_and_agrees():
+    spec = MDSpec((3, 5), (4, 2), 4)
+    params = init(jax.random.key(0), spec)
+    ids = np.random.default_rng(0).integers(0, 8, 64)  # batch larger than the layer
+    np.testing.assert_allclose(lookup(params, spec, ids), naive_lookup(params, spec, ids), rtol=1e-5, atol=1e-6)
+
+
+def test_uniform_is_the_one_block_layer():
+    spec = MDSpec.uniform(20, 6)
+    params = init(jax.random.key(0), spec)
+    assert params.projections == (None,) and params.tables[0].shape == (20, 6)
+    ids = np.array([[3, 19], [0, 0]])
+    np.testing.assert_array_equal(lookup(params, spec, ids), params.tables[0][ids])
+
+
+def test_materialize():
+    spec = MDSpec((4, 6, 2), (5, 3, 1), 5)
+    params = init(jax.random.key(2), spec)
+    table = materialize(params, spec)
+    assert table.shape == (12, 5)
+    np.testing.assert_allclose(table, naive_lookup(params, spec, np.arange(12)), rtol=1e-6, atol=1e-7)
+
+
+def test_jit_and_eager_agree_and_no_recompilation():
+    spec = MDSpec((30, 70), (8, 2), 8)
+    params = init(jax.random.key(0), spec)
+    traces = []
+
+    @jax.jit
+    def f(p, ids):
+        traces.append(1)
+        return lookup(p, spec, ids)
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        ids = rng.integers(0, 100, 64)
+        np.testing.assert_allclose(f(params, ids), lookup(params, spec, ids), rtol=1e-6)
+    assert len(traces) == 1  # new batches of the same shape reuse the compiled function
+    f(params, rng.integers(0, 100, 32))
+    assert len(traces) == 2
+
+
+def test_vmap_over_parameters_and_ids():
+    spec = MDSpec((30, 70), (8, 2), 8)
+    stacked = jax.vmap(lambda key: init(key, spec))(jax.random.split(jax.random.key(0), 3))
+    ids = np.random.default_rng(0).integers(0, 100, (3, 40))
+    out = jax.vmap(lambda p, i: lookup(p, spec, i))(stacked, ids)
+    for j in range(3):
+        single = jax.tree.map(lambda x: x[j], stacked)
+        np.testing.assert_allclose(out[j], naive_lookup(single, spec, ids[j]), rtol=1e-5, atol=1e-6)
+    grads = jax.vmap(jax.grad(lambda p, i: jnp.sum(lookup(p, spec, i) ** 2)))(stacked, ids)
+    assert grads.tables[0].shape == (3, 30, 8)
+
+
+def test_out_of_range_ids():
+    spec = MDSpec((5, 5), (4, 2), 4)
+    params = init(jax.random.key(0), spec)
+    with pytest.raises(IndexError, match=r"2 ids outside \[0, 10\)"):
+        lookup(params, spec, np.array([0, 10, -1]))
+    with pytest.raises(TypeError, match="ids must be integers"):
+        lookup(params, spec, np.array([0.5]))
+    for capacity in CAPACITIES:
+        f = jax.jit(lambda p, i: lookup(p, spec, i, capacity=capacity))
+        out = f(params, np.array([1, 10, -1, 7]))
+        assert np.isfinite(out[0]).all() and np.isfinite(out[3]).all()
+        assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
+        # Bad ids get no gradient.
+        grads = jax.grad(lambda p: jnp.nansum(f(p, np.array([10, -1]))))(params)
+        assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(grads))
+
+
+def test_lookup_bag_matches_naive():
+    spec = MDSpec((6, 10), (4, 2), 4)
+    params = init(jax.random.key(3), spec)
+    ids = np.array([[0, 7, -1], [15, -1, -1], [-1, -1, -1]])
+    weights = np.array([[1.0, 2.0, 5.0], [0.5, 1.0, 1.0], [1.0, 1.0, 1.0]], np.float32)
+    vectors = naive_lookup(params, spec, np.where(ids < 0, 0, ids))
+    present = (ids >= 0)[..., None]
+    want_sum = np.sum(vectors * present * weights[..., None], axis=1)
+    got = lookup_bag(params, spec, ids, weights, mode="sum")
+    np.testing.assert_allclose(got, want_sum, rtol=1e-5, atol=1e-6)
+    norm = np.sum(present[..., 0] * weights, axis=1, keepdims=True)
+    want_mean = want_sum / np.where(norm == 0, 1, norm)
+    np.testing.assert_allclose(lookup_bag(params, spec, ids, weights, mode="mean"), want_mean, rtol=1e-5, atol=1e-6)
+    assert np.all(lookup_bag(params, spec, ids, mode="mean")[2] == 0)  # an all-padding bag
+    with pytest.raises(ValueError, match="mode must be"):
+        lookup_bag(params, spec, ids, mode="max")
+    with pytest.raises(IndexError):
+        lookup_bag(params, spec, np.array([[16]]))
+
+
+def test_init_scale_and_param_count():
+    spec = MDSpec((2000, 6000), (32, 4), 32)
+    params = init(jax.random.key(0), spec, stddev=0.1)
+    assert sum(x.size for x in jax.tree.leaves(params)) == num_params(spec)
+    table = np.asarray(materialize(params, spec))
+    for block in (table[:2000], table[2000:]):
+        assert block.std() == pytest.approx(0.1, rel=0.1)
+    p = np.asarray(params.projections[1])
+    np.testing.assert_allclose(p @ p.T, np.eye(4) * 32 / 4, atol=1e-4)
+
+
+def test_spec_is_static_hashable_and_round_trips():
+    spec = MDSpec((3, 9), (4, 2), 4, loads=(3, 1))
+    assert spec.loads == (0.75, 0.25)
+    assert hash(spec) == hash(MDSpec((3, 9), (4, 2), 4, loads=(0.75, 0.25)))
+    assert MDSpec.from_json(spec.to_json()) == spec
+    assert MDSpec.from_dict(json.loads(MDSpec((3,), (3,), 3).to_json())) == MDSpec.uniform(3, 3)
+    assert spec.offsets == (0, 3) and spec.n_rows == 12 and spec.projected == (False, True)
+    params = init(jax.random.key(0), spec)
+    jax.jit(lookup, static_argnums=(1,))(params, spec, np.array([0, 11]))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (((3,), (4,), 3), r"block dims must lie in \[1, base_dim=3\]"),
+        (((3, 4), (2,), 3), "one dim per block"),
+        (((0,), (1,), 3), "sizes must be >= 1"),
+        (((3,), (1,), 0), "base_dim must be >= 1"),
+    ],
+)
+def test_spec_validation(args, message):
+    with pytest.raises(ValueError, match=message):
+        MDSpec(*args)
+    with pytest.raises(ValueError, match="loads"):
+        MDSpec((3,), (1,), 2, loads=(-1.0,))
+    with pytest.raises(TypeError):
+        MDSpec(("a",), (1,), 2)
+
+
+def test_params_are_a_pytree():
+    spec = MDSpec((3, 9), (4, 2), 4)
+    params = init(jax.random.key(0), spec)
+    assert isinstance(params, MDParams)
+    assert len(jax.tree.leaves(params)) == 3  # two tables, one projection
+    doubled = jax.tree.map(lambda x: 2 * x, params)
+    assert doubled.projections[0] is None
