@@ -6,11 +6,14 @@ Submodules:
 * :mod:`mdcf.blocking`: rows into blocks (frequency equipartition, table stacking);
 * :mod:`mdcf.sizing`: dimensions per block (popularity rule, dlrm's solver, exact budgets);
 * :mod:`mdcf.embedding`: the MD layer as pure JAX functions;
-* :mod:`mdcf.io`: atomic files and checksummed array containers.
+* :mod:`mdcf.models`: MF, GMF, MLP and NeuMF rating models;
+* :mod:`mdcf.train`: optimisers with row-sparse updates, train steps, ``fit``, ``evaluate``, ``predict``;
+* :mod:`mdcf.metrics`: rating metrics;
+* :mod:`mdcf.io`: atomic files, checksummed arrays, checkpoints.
 """
 
-from . import blocking, data, embedding, io, sizing
+from . import blocking, data, embedding, io, metrics, models, sizing, train
 
 __version__ = "0.1.0"
 
-__all__ = ["blocking", "data", "embedding", "io", "sizing", "__version__"]
+__all__ = ["blocking", "data", "embedding", "io", "metrics", "models", "sizing", "train", "__version__"]

@@ -44,6 +44,9 @@ __all__ = [
     "materialize",
     "check_ids",
     "block_capacities",
+    "Routing",
+    "route",
+    "assemble",
 ]
 
 
@@ -95,7 +98,9 @@ class MDSpec:
             if len(loads) != len(sizes) or min(loads) < 0 or not math.isfinite(sum(loads)) or sum(loads) <= 0:
                 raise ValueError(f"MDSpec loads must give a non-negative share per block, got {self.loads!r}")
             total = sum(loads)
-            object.__setattr__(self, "loads", tuple(x / total for x in loads))
+            if abs(total - 1.0) > 1e-9:  # normalise once; normalised loads are kept bit for bit
+                loads = tuple(x / total for x in loads)
+            object.__setattr__(self, "loads", loads)
 
     @classmethod
     def uniform(cls, n_rows: int, dim: int) -> "MDSpec":
@@ -213,14 +218,68 @@ def check_ids(spec: MDSpec, ids) -> None:
         )
 
 
+class Routing(NamedTuple):
+    """Where each id of a batch goes on the grouped path (see :func:`route`).
+
+    Attributes:
+      rows: per block, ``[capacity_i]`` local rows of the ids routed to it, in
+        batch order; unused slots hold ``n_i`` (one past the block's last row).
+      slot: ``[B]`` index of each id in the stacked block outputs
+        (``sum(capacities)`` for ids without a slot).
+      fits: scalar bool, True when every in-range id got a slot.
+    """
+
+    rows: tuple[jax.Array, ...]
+    slot: jax.Array
+    fits: jax.Array
+
+
+def route(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...]) -> Routing:
+    """Group a flat batch of ids by block, ``capacities[i]`` slots for block ``i``.
+
+    Out-of-range ids, and ids beyond a block's capacity, get no slot; ``fits``
+    says whether the latter happened. Pure integer work, no gradients.
+    """
+    k = spec.n_blocks
+    flat = ids.reshape(-1)
+    total = int(sum(capacities))
+    offsets = jnp.asarray(spec.offsets, flat.dtype)
+    starts_host = np.concatenate([[0], np.cumsum(capacities)[:-1]]).astype(np.int64)
+    valid = (flat >= 0) & (flat < spec.n_rows)
+    block_of = jnp.sum(flat[:, None] >= offsets[None, 1:], axis=1)
+    block_of = jnp.where(valid, block_of, k)  # k: no block
+    one_hot = block_of[:, None] == jnp.arange(k)[None, :]  # [B, k]
+    rank = jnp.sum(jnp.where(one_hot, jnp.cumsum(one_hot, axis=0) - 1, 0), axis=1)
+    inside = jnp.minimum(block_of, k - 1)
+    has_slot = valid & (rank < jnp.asarray(capacities, flat.dtype)[inside])
+    slot = jnp.where(has_slot, jnp.asarray(starts_host, flat.dtype)[inside] + rank, total)
+    grouped = jnp.full(total, -1, flat.dtype).at[slot].set(flat - offsets[inside], mode="drop", unique_indices=True)
+    rows = tuple(
+        jnp.where(part < 0, size, part)
+        for part, size in zip(jnp.split(grouped, starts_host[1:].tolist()), spec.sizes)
+    )
+    return Routing(rows, slot, jnp.all(has_slot == valid))
+
+
+def assemble(spec: MDSpec, block_vectors, routing: Routing, fill: float = float("nan")) -> jax.Array:
+    """Batch-ordered ``[B, d0]`` vectors from per-block ``[capacity_i, d0]`` outputs.
+
+    Ids without a slot get ``fill``.
+    """
+    # Slots are distinct, so the gather's transpose is a scatter without collisions.
+    return jnp.concatenate(block_vectors, axis=0).at[routing.slot].get(
+        mode="fill", fill_value=fill, unique_indices=True, wrap_negative_indices=False
+    )
+
+
 def _block_vectors(params: MDParams, block: int, rows: jax.Array, project_table: bool) -> jax.Array:
     """``E_i[rows] @ P_i``; with ``project_table``, ``(E_i @ P_i)[rows]`` (cheaper when the
-    block has fewer rows than lookups). Rows outside the block give NaN vectors."""
+    block has fewer rows than lookups). Rows outside the block give zero vectors."""
     table = params.tables[block]
     projection = params.projections[block]
     if projection is not None and project_table:
         table, projection = table @ projection, None
-    vectors = table.at[rows].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
+    vectors = table.at[rows].get(mode="fill", fill_value=0, wrap_negative_indices=False)
     return vectors if projection is None else vectors @ projection
 
 
@@ -239,36 +298,18 @@ def _lookup_masked(params: MDParams, spec: MDSpec, flat: jax.Array) -> jax.Array
 
 
 def _lookup_grouped(params: MDParams, spec: MDSpec, flat: jax.Array, capacities: tuple[int, ...]) -> jax.Array:
-    """Ids grouped by block; block ``i`` processes ``capacities[i]`` slots.
+    """Ids grouped by block (:func:`route`); block ``i`` gathers and projects its
+    ``capacities[i]`` slots, and one gather restores the batch order.
 
-    Valid only when no block receives more ids than its capacity. Each id gets a
-    slot ``start_i + rank`` (its rank among the batch's ids of block ``i``);
-    block ``i`` gathers and projects the ids of its slots (unused slots read
-    row 0 and are never read back), and one gather from the stacked block
-    outputs restores the batch order. Out-of-range ids get a slot past the end,
-    which the final gather fills with NaN.
+    Exact only when ``route(...).fits``. Blocks with no more rows than slots are
+    projected whole, then gathered.
     """
-    k = spec.n_blocks
-    total = int(sum(capacities))
-    offsets = jnp.asarray(spec.offsets, flat.dtype)
-    starts_host = np.concatenate([[0], np.cumsum(capacities)[:-1]]).astype(np.int64)
-    starts = jnp.asarray(starts_host, flat.dtype)
-    valid = (flat >= 0) & (flat < spec.n_rows)
-    block_of = jnp.sum(flat[:, None] >= offsets[None, 1:], axis=1)
-    block_of = jnp.where(valid, block_of, k)  # k: no block
-    one_hot = block_of[:, None] == jnp.arange(k)[None, :]  # [B, k]
-    rank = jnp.sum(jnp.where(one_hot, jnp.cumsum(one_hot, axis=0) - 1, 0), axis=1)
-    inside = jnp.minimum(block_of, k - 1)
-    slot = jnp.where(valid, starts[inside] + rank, total)
-    grouped = jnp.zeros(total, flat.dtype).at[slot].set(flat - offsets[inside], mode="drop", unique_indices=True)
+    routing = route(spec, flat, capacities)
     outputs = [
-        _block_vectors(params, block, grouped[start:start + capacity], spec.sizes[block] <= capacity)
-        for block, (start, capacity) in enumerate(zip(starts_host.tolist(), capacities))
+        _block_vectors(params, block, rows, spec.sizes[block] <= capacity)
+        for block, (rows, capacity) in enumerate(zip(routing.rows, capacities))
     ]
-    # Slots are distinct, so the gather's transpose is a scatter without collisions.
-    return jnp.concatenate(outputs, axis=0).at[slot].get(
-        mode="fill", fill_value=jnp.nan, unique_indices=True, wrap_negative_indices=False
-    )
+    return assemble(spec, outputs, routing)
 
 
 def _lookup_chunked(params: MDParams, spec: MDSpec, flat: jax.Array, chunk: int) -> jax.Array:

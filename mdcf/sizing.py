@@ -187,6 +187,52 @@ def _total(sizes: np.ndarray, dims: np.ndarray, base_dim: int) -> np.ndarray:
     return (dims * sizes).sum(-1) + np.where(dims < base_dim, dims * base_dim, 0).sum(-1)
 
 
+def _moves(k: int) -> np.ndarray:
+    """Step patterns over ``k`` blocks: +1 on one block; -1 on one and +1 on another;
+    -1 on one and +1 on two others (each a unit step of that block's dimension)."""
+    eye = np.eye(k, dtype=np.int64)
+    moves = [eye]
+    if k > 1:
+        pairs = (eye[:, None, :] * -1 + eye[None, :, :]).reshape(-1, k)
+        moves.append(pairs[np.abs(pairs).sum(1) == 2])
+    if 2 < k <= 24:
+        a, b, c = np.meshgrid(np.arange(k), np.arange(k), np.arange(k), indexing="ij")
+        keep = (a != b) & (a != c) & (b < c)
+        triples = -eye[a[keep]] + eye[b[keep]] + eye[c[keep]]
+        moves.append(triples)
+    return np.concatenate(moves)
+
+
+def _improve(dims, sizes, popular_first, base_dim, min_dim, budget, round_pow2):
+    """Hill-climb the exact total towards the budget with small moves that keep every
+    dimension allowed and dimensions non-increasing from the most to the least popular block."""
+    if round_pow2:
+        levels = sorted({2**e for e in range(int(np.log2(base_dim)) + 1) if 2**e >= min_dim} | {base_dim})
+    else:
+        levels = list(range(min_dim, base_dim + 1))
+    levels = np.asarray(levels, dtype=np.int64)
+    index = np.searchsorted(levels, dims)  # dims are allowed levels
+    moves = _moves(len(dims))
+    total = int(_total(sizes, levels[index], base_dim))
+    for _ in range(100_000):
+        if total == budget:
+            break
+        candidates = index[None, :] + moves
+        ok = (candidates >= 0).all(1) & (candidates < len(levels)).all(1)
+        candidates = candidates[ok]
+        ordered = candidates[:, popular_first]
+        candidates = candidates[(np.diff(ordered, axis=1) <= 0).all(1)]
+        if not len(candidates):
+            break
+        totals = _total(sizes, levels[candidates], base_dim)
+        better = (totals <= budget) & (totals > total)
+        if not better.any():
+            break
+        best = np.flatnonzero(better)[np.argmax(totals[better])]
+        index, total = candidates[best], int(totals[best])
+    return levels[index], total
+
+
 def solve_budget(
     budget: int,
     sizes: Sequence[int],
@@ -201,9 +247,9 @@ def solve_budget(
 
     Dimensions follow the popularity rule ``d_i ~ p_i ** alpha`` capped at
     ``base_dim``: among all scales of the rule, the configuration with the
-    largest total not above ``budget`` is taken, then single blocks are grown
-    (most popular first, keeping dimensions non-increasing with popularity)
-    while the total stays within the budget.
+    largest total not above ``budget`` is taken, then small moves (one block up
+    one step, or one down and one or two others up) raise the total towards the
+    budget while keeping dimensions non-increasing with popularity.
 
     Args:
       budget: total parameters allowed: ``sum_i n_i d_i`` plus ``d_i * base_dim``
@@ -272,28 +318,7 @@ def solve_budget(
     feasible = np.flatnonzero(totals <= budget)
     dims = configs[feasible[np.argmax(totals[feasible])]].copy()
 
-    # Grow single blocks while the total fits, most popular first, keeping dims monotone.
-    def grown(d: int) -> int:
-        if round_pow2:
-            return min(2 * d if d * 2 <= base_dim else base_dim, base_dim)
-        return d + 1
-
-    total = int(_total(sizes_array, dims, base_dim))
-    while total < budget:
-        for rank, block in enumerate(popular_first):
-            current = int(dims[block])
-            if current >= base_dim:
-                continue
-            if rank > 0 and dims[popular_first[rank - 1]] <= current:
-                continue  # would overtake a more popular block
-            trial = dims.copy()
-            trial[block] = grown(current)
-            trial_total = int(_total(sizes_array, trial, base_dim))
-            if trial_total <= budget:
-                dims, total = trial, trial_total
-                break
-        else:
-            break
+    dims, total = _improve(dims, sizes_array, popular_first, base_dim, min_dim, budget, round_pow2)
     if total < floor_total:
         steps = ", ".join(
             f"{int(sizes_array[b]) + (base_dim if dims[b] + 1 < base_dim else 0):,}" for b in popular_first

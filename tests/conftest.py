@@ -8,14 +8,10 @@ import threading
 import zipfile
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 import mdcf
-
-# Mixed-dtype arithmetic must be explicit in mdcf's code (no silent float64/int promotion).
-jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,13 @@ from mdcf.embedding import MDParams, MDSpec, init, lookup, lookup_bag, materiali
 CAPACITIES = [None, "auto", 1, 3, 1000]
 
 
+@pytest.fixture(autouse=True)
+def _strict_dtypes():
+    """The layer's arithmetic must be explicit about dtypes (no silent promotion)."""
+    with jax.numpy_dtype_promotion("strict"):
+        yield
+
+
 @st.composite
 def specs(draw, max_blocks=4):
     k = draw(st.integers(1, max_blocks))

@@ -1,0 +1,135 @@
+"""Training throughput: epochs of MF d=64 on MovieLens-20M-shaped data, and Surprise beside mdcf.
+
+Prints, in one run:
+
+* epoch throughput (ratings/s, after a compile epoch) of MF d=64 on the
+  synthetic generator shaped like MovieLens-20M (138,493 users, 26,744 items)
+  at 1M and 20M ratings, for uniform and MD (alpha 0.3, 8 blocks) embeddings
+  and several optimisers, row-sparse unless marked dense;
+* the same with 10x more users and items (throughput should stay flat:
+  row-sparse steps do not depend on table sizes);
+* Surprise's SVD and mdcf's MF at the same dimension (64) and epochs (20) on
+  ml-100k (a seeded 90/10 split): fit throughput and test RMSE side by side
+  (skipped with a note if scikit-surprise is not installed: ``pip install ".[bench]"``).
+
+Targets on a 2-core CPU: >= 5M ratings/s for MF d=64 at 20M ratings, >= 3x
+Surprise's throughput, epoch time linear in ratings and flat in table rows.
+
+Usage::
+
+    python benchmarks/bench_train.py            # full run (several minutes, ~6 GB of memory)
+    python benchmarks/bench_train.py --quick    # 1M ratings only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+USERS, ITEMS = 138_493, 26_744
+
+
+def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=2):
+    import jax
+
+    from mdcf import models, train
+
+    alpha = kind_alpha
+    model = models.build_model(ratings, "mf", dim=64, alpha=alpha, blocks=8)
+    opt = train.optimizer(opt_name, 1e-3, sparse=sparse)
+    step = train.make_train_step(model, opt, l2=0.05)
+    n = len(ratings)
+    run = train._epoch_fn(step, n, batch_size)
+    data = {key: jax.numpy.asarray(value) for key, value in model.encode(ratings).items()}
+    state = train.init_state(jax.random.key(0), model, opt)
+    state, losses, _, _ = run(state, data, train._epoch_order(0, 0, n, batch_size))  # compile + warm up
+    losses.block_until_ready()
+    times = []
+    for epoch in range(1, epochs + 1):
+        order = train._epoch_order(0, epoch, n, batch_size)
+        start = time.perf_counter()
+        state, losses, _, _ = run(state, data, order)
+        losses.block_until_ready()
+        times.append(time.perf_counter() - start)
+    assert np.isfinite(np.asarray(losses)).all()
+    return min(times), n / min(times)
+
+
+def surprise_vs_mdcf(data_dir):
+    from mdcf import data, models, train
+
+    ratings = data.load_movielens("ml-100k", data_dir=data_dir, verbose=False)
+    train_part, test = data.split(ratings, "random", 0.1, seed=0)
+    rows = []
+    try:
+        import pandas as pd
+        import surprise
+
+        frame = train_part.to_dataframe()[["user", "item", "rating"]]
+        trainset = surprise.Dataset.load_from_df(frame, surprise.Reader(rating_scale=(1, 5))).build_full_trainset()
+        algo = surprise.SVD(n_factors=64, n_epochs=20, random_state=0)
+        start = time.perf_counter()
+        algo.fit(trainset)
+        seconds = time.perf_counter() - start
+        test_frame = test.to_dataframe()
+        pred = np.array([algo.predict(u, i).est for u, i in zip(test_frame["user"], test_frame["item"])])
+        rmse = float(np.sqrt(np.mean((pred - test_frame["rating"].to_numpy()) ** 2)))
+        rows.append(("Surprise SVD (Cython SGD, d=64, 20 epochs, defaults)", seconds, 20 * len(train_part) / seconds, rmse))
+        del pd
+    except ImportError:
+        rows.append(("Surprise SVD: scikit-surprise not installed (pip install '.[bench]')", float("nan"), float("nan"), float("nan")))
+    for label, kwargs in (
+        ("mdcf MF (d=64, 20 epochs, fit defaults: Adam, batch 1024)", {}),
+        ("mdcf MF (d=64, 20 epochs, row-sparse SGD lr 0.05, batch 1024)", {"optimizer_name": "sgd", "learning_rate": 0.05, "sparse": True}),
+    ):
+        model = models.build_model(train_part, "mf", dim=64)
+        result = train.fit(model, train_part, validation=None, epochs=20, progress=False, patience=None, **kwargs)
+        seconds = sum(h["seconds"] for h in result.history[1:]) * 20 / 19  # excludes the compile epoch
+        rmse = train.evaluate(model, result.params, test)["rmse"]
+        rows.append((label, seconds, 20 * len(train_part) / seconds, rmse))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1M ratings only, fewer variants")
+    parser.add_argument("--batch-size", type=int, default=32768)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+
+    import jax
+
+    from mdcf import data
+
+    sizes = [1_000_000] if args.quick else [1_000_000, 20_000_000]
+    variants = [  # (label, alpha, optimiser, sparse)
+        ("uniform, SGD", 0.0, "sgd", True),
+        ("uniform, row-wise Adagrad", 0.0, "rowwise_adagrad", True),
+        ("uniform, lazy Adam", 0.0, "adam", True),
+        ("MD alpha 0.3, SGD", 0.3, "sgd", True),
+        ("MD alpha 0.3, lazy Adam", 0.3, "adam", True),
+    ]
+    print(f"bench_train: MF d=64, batch {args.batch_size}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+          f"on {jax.devices()[0].platform}")
+    print(f"{'ratings':>11} {'users x items':>19} | {'embedding, optimiser':<28} | {'epoch s':>8} {'M ratings/s':>11}")
+    for scale in (1, 10):
+        for n in sizes:
+            ratings, _ = data.synthetic(USERS * scale, ITEMS * scale, n, rank=16, user_zipf=0.8, item_zipf=1.0,
+                                        noise=0.7, seed=0)
+            chosen = variants + ([("uniform, dense Adam", 0.0, "adam", False)] if n == sizes[0] and scale == 1 else [])
+            for label, alpha, opt_name, sparse in chosen:
+                seconds, rate = epoch_throughput(ratings, alpha, opt_name, sparse, args.batch_size)
+                print(f"{n:>11,} {USERS * scale:>9,} x {ITEMS * scale:>7,} | {label:<28} | {seconds:>8.2f} {rate / 1e6:>11.2f}",
+                      flush=True)
+            del ratings
+    print("\nml-100k, seeded 90/10 split: fit throughput at the same dimension and epochs")
+    print(f"{'method':<66} | {'fit s':>6} {'ratings/s':>10} {'test RMSE':>9}")
+    for label, seconds, rate, rmse in surprise_vs_mdcf(args.data_dir):
+        print(f"{label:<66} | {seconds:>6.2f} {rate:>10,.0f} {rmse:>9.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,838 @@
+"""Training: optimisers with row-sparse table updates, pure train steps, and ``fit``.
+
+Two ways to update parameters:
+
+* **Row-sparse** (``optimizer(..., sparse=True)``, the default of :func:`fit`): the
+  loss is differentiated with respect to the *gathered rows* of every table
+  (embedding blocks and biases), gradients of rows that occur several times in
+  a batch are summed, and the rows and their row-wise optimiser state are
+  updated and scattered back. Dense parameters (projections, MLP, global bias)
+  use the optax transformation. A step costs the same whatever the table sizes.
+* **Dense**: one optax transformation over every parameter (``jax.grad`` of the
+  whole pytree); each step touches every row of every table.
+
+Row optimisers and how they relate to their dense counterparts:
+
+* :func:`row_sgd` gives exactly the dense SGD result (untouched rows have zero
+  gradient either way).
+* :func:`row_adagrad` gives exactly the dense (optax) Adagrad result for the
+  same reason: a zero gradient leaves the accumulator and the row unchanged.
+* :func:`row_rowwise_adagrad` keeps one accumulator per row (DLRM's choice for
+  large tables): the cheapest adaptive optimiser, with no dense counterpart.
+* :func:`row_adam` is "lazy" Adam: the moments of a row are updated only in
+  steps where the row occurs, with bias correction by the global step count.
+  Dense Adam also decays every absent row's moments and keeps moving absent rows
+  with their stale momentum; lazy Adam does not (it is the usual sparse Adam of
+  TensorFlow's LazyAdam and PyTorch's SparseAdam).
+
+Regularisation: ``l2`` adds ``l2 * (|e_u|^2 + |e_i|^2 + b_u^2 + b_i^2)`` per rating,
+on the embedding *vectors* a rating uses (after projection) and its biases, as
+classic MF SGD does; it touches only the rows of the batch. ``weight_decay``
+(decoupled, AdamW-style) applies to the dense parameters. Paper-style runs use
+``l2`` only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import embedding, metrics, models
+from .embedding import MDSpec
+from .models import Model, ModelConfig
+
+__all__ = [
+    "RowOptimizer",
+    "Optimizer",
+    "row_sgd",
+    "row_adagrad",
+    "row_adam",
+    "row_rowwise_adagrad",
+    "OPTIMIZERS",
+    "optimizer",
+    "TrainState",
+    "init_state",
+    "make_train_step",
+    "make_eval_fn",
+    "evaluate",
+    "predict",
+    "fit",
+    "FitResult",
+    "TrainingDivergedError",
+]
+
+
+# ------------------------------------------------------------ row optimisers
+class RowOptimizer(NamedTuple):
+    """A row-wise optimiser for embedding tables.
+
+    Attributes:
+      init: ``table -> state``, a tuple of arrays whose first axis is the table's rows.
+      update: ``(grads, state_rows, param_rows, step) -> (new_param_rows, new_state_rows)``
+        on the gathered rows of one batch (duplicates already summed); ``step``
+        is the 1-based global step.
+      name: a label.
+      delta: for optimisers whose update is a fixed linear map of the gradient
+        (plain SGD), ``grads -> row change``; the step then scatter-adds it
+        without gathering rows or combining duplicates (the same result, faster).
+    """
+
+    init: Callable[[jax.Array], tuple]
+    update: Callable[..., tuple]
+    name: str
+    delta: Callable[[jax.Array], jax.Array] | None = None
+
+
+def row_sgd(learning_rate: float) -> RowOptimizer:
+    """``row -= learning_rate * grad`` for the rows of a batch."""
+
+    def update(grads, state, rows, step):
+        return rows - learning_rate * grads, state
+
+    return RowOptimizer(lambda table: (), update, f"sgd(lr={learning_rate})", lambda grads: -learning_rate * grads)
+
+
+def row_rowwise_adagrad(learning_rate: float, initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> RowOptimizer:
+    """Adagrad with one accumulator per row (the mean squared gradient of the row).
+
+    The usual optimiser of large embedding tables (as in DLRM): its state is one
+    number per row instead of one per parameter, so a step moves a fraction of
+    the memory of Adagrad or Adam. For 1-D tables (biases) it is plain Adagrad.
+    """
+
+    def init(table):
+        return (jnp.full(table.shape[:1], initial_accumulator_value, table.dtype),)
+
+    def update(grads, state, rows, step):
+        (accumulator,) = state
+        squared = grads**2 if grads.ndim == 1 else jnp.mean(grads**2, axis=-1)
+        accumulator = accumulator + squared
+        scale = jax.lax.rsqrt(accumulator + eps)
+        return rows - learning_rate * grads * (scale if grads.ndim == 1 else scale[:, None]), (accumulator,)
+
+    return RowOptimizer(init, update, f"rowwise_adagrad(lr={learning_rate})")
+
+
+def row_adagrad(learning_rate: float, initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> RowOptimizer:
+    """Adagrad on the rows of a batch, matching ``optax.adagrad`` exactly."""
+
+    def init(table):
+        return (jnp.full_like(table, initial_accumulator_value),)
+
+    def update(grads, state, rows, step):
+        (accumulator,) = state
+        accumulator = accumulator + grads**2
+        return rows - learning_rate * grads * jax.lax.rsqrt(accumulator + eps), (accumulator,)
+
+    return RowOptimizer(init, update, f"adagrad(lr={learning_rate})")
+
+
+def row_adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> RowOptimizer:
+    """Lazy Adam: moments of a row are updated only when the row occurs in a batch."""
+
+    def init(table):
+        return (jnp.zeros_like(table), jnp.zeros_like(table))
+
+    def update(grads, state, rows, step):
+        m, v = state
+        m = b1 * m + (1 - b1) * grads
+        v = b2 * v + (1 - b2) * grads**2
+        t = step.astype(jnp.float32)
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        return rows - learning_rate * m_hat / (jnp.sqrt(v_hat) + eps), (m, v)
+
+    return RowOptimizer(init, update, f"adam(lr={learning_rate})")
+
+
+class Optimizer(NamedTuple):
+    """An optax transformation for dense parameters and, for the row-sparse path, a row optimiser.
+
+    ``rows=None`` means the dense path: ``dense`` updates every parameter.
+    """
+
+    dense: optax.GradientTransformation
+    rows: RowOptimizer | None
+
+
+OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+
+
+def optimizer(
+    name: str = "adam",
+    learning_rate: float = 1e-3,
+    *,
+    sparse: bool = True,
+    weight_decay: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> Optimizer:
+    """A matching pair of dense (optax) and row-sparse optimisers.
+
+    Args:
+      name: ``"sgd"``, ``"adagrad"``, ``"rowwise_adagrad"`` (tables get one
+        accumulator per row; dense parameters plain Adagrad; row-sparse only) or ``"adam"``.
+      learning_rate: step size of both parts.
+      sparse: row-sparse table updates (see the module docstring); False gives
+        one optax transformation over every parameter.
+      weight_decay: decoupled weight decay of the dense parameters (AdamW-style
+        for ``"adam"``); with ``sparse=False`` it applies to the tables as well.
+      b1, b2, eps: Adam's constants.
+    """
+    if name == "sgd":
+        dense, rows = optax.sgd(learning_rate), row_sgd(learning_rate)
+    elif name == "adagrad":
+        dense, rows = optax.adagrad(learning_rate), row_adagrad(learning_rate)
+    elif name == "rowwise_adagrad":
+        dense, rows = optax.adagrad(learning_rate), row_rowwise_adagrad(learning_rate)
+    elif name == "adam":
+        dense, rows = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), row_adam(learning_rate, b1, b2, eps)
+    else:
+        raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
+    if name == "rowwise_adagrad" and not sparse:
+        raise ValueError("rowwise_adagrad exists for row-sparse updates only; use sparse=True or 'adagrad'")
+    if weight_decay:
+        dense = optax.chain(optax.add_decayed_weights(weight_decay), dense) if name != "adam" else optax.adamw(
+            learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return Optimizer(dense, rows if sparse else None)
+
+
+def _as_optimizer(opt) -> Optimizer:
+    if isinstance(opt, Optimizer):
+        return opt
+    if isinstance(opt, optax.GradientTransformation):
+        return Optimizer(opt, None)
+    raise TypeError(
+        f"optimizer must be an mdcf.train.Optimizer (see mdcf.train.optimizer) or an optax "
+        f"GradientTransformation (dense updates), got {type(opt).__name__}"
+    )
+
+
+# --------------------------------------------------------------- train state
+class TrainState(NamedTuple):
+    """Everything a train step reads and writes: a pytree.
+
+    Attributes:
+      params: the model parameters (see :mod:`mdcf.models`).
+      dense_state: optax state of ``params["dense"]`` (row-sparse path) or of all params.
+      row_state: ``{table name: per-block states}`` (row-sparse path) or ``{}``.
+      step: int32 scalar, steps taken.
+    """
+
+    params: dict
+    dense_state: Any
+    row_state: dict
+    step: jax.Array
+
+
+def _config(model) -> ModelConfig:
+    return model.config if isinstance(model, Model) else model
+
+
+def init_state(key: jax.Array, model, opt, global_mean: float | None = None) -> TrainState:
+    """Fresh parameters and optimiser state.
+
+    Args:
+      key: PRNG key for the parameters.
+      model: a :class:`~mdcf.models.Model` or :class:`~mdcf.models.ModelConfig`.
+      opt: an :class:`Optimizer` or an optax transformation (dense path).
+      global_mean: initial global bias (default: the model's training mean, else 0).
+    """
+    config = _config(model)
+    opt = _as_optimizer(opt)
+    if global_mean is None:
+        global_mean = model.global_mean if isinstance(model, Model) else 0.0
+    params = models.init(key, config, global_mean)
+    if opt.rows is None:
+        return TrainState(params, opt.dense.init(params), {}, jnp.zeros((), jnp.int32))
+    row_state = {}
+    for name, table in params["tables"].items():
+        if isinstance(table, tuple):
+            row_state[name] = tuple(opt.rows.init(block) for block in table)
+        else:
+            row_state[name] = opt.rows.init(table)
+    return TrainState(params, opt.dense.init(params["dense"]), row_state, jnp.zeros((), jnp.int32))
+
+
+# ----------------------------------------------------------------- the loss
+def _weighted_loss(pred, ratings, weights, penalty, l2):
+    err = pred - ratings
+    total = jnp.maximum(jnp.sum(weights), 1.0)
+    mse = jnp.sum(weights * err**2) / total
+    loss = mse + l2 * jnp.sum(weights * penalty) / total if l2 else mse
+    return loss, mse
+
+
+def _batch_parts(batch):
+    users = jnp.asarray(batch["users"]).astype(jnp.int32)
+    items = jnp.asarray(batch["items"]).astype(jnp.int32)
+    ratings = jnp.asarray(batch["ratings"]).astype(jnp.float32)
+    weights = batch.get("weights")
+    weights = jnp.ones_like(ratings) if weights is None else jnp.asarray(weights).astype(jnp.float32)
+    return users, items, ratings, weights
+
+
+def _penalty(config: ModelConfig, vectors, user_bias, item_bias):
+    penalty = sum(jnp.sum(v**2, axis=-1) for v in vectors.values())
+    if config.biases:
+        penalty = penalty + user_bias**2 + item_bias**2
+    return penalty
+
+
+def _dense_step(config: ModelConfig, opt: Optimizer, l2: float):
+    def loss_fn(params, users, items, ratings, weights):
+        vectors = models.embed(params, config, users, items)
+        user_bias = item_bias = None
+        if config.biases:
+            user_bias = params["tables"]["user_bias"][users]
+            item_bias = params["tables"]["item_bias"][items]
+        pred = models.head(params["dense"], config, vectors, user_bias, item_bias)
+        return _weighted_loss(pred, ratings, weights, _penalty(config, vectors, user_bias, item_bias), l2)
+
+    def step(state: TrainState, batch):
+        users, items, ratings, weights = _batch_parts(batch)
+        # Padding entries (weight 0) point at row 0: finite, and they add no gradient.
+        users = jnp.where(weights > 0, users, 0)
+        items = jnp.where(weights > 0, items, 0)
+        (loss, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, users, items, ratings, weights)
+        updates, dense_state = opt.dense.update(grads, state.dense_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, dense_state, state.row_state, state.step + 1), {"loss": loss, "mse": mse}
+
+    return step
+
+
+def _sort_order(rows: jax.Array, bound: int) -> jax.Array:
+    """``argsort(rows)`` (stable), for rows in ``[0, bound]``.
+
+    XLA's CPU key-value sort is several times slower than sorting plain
+    integers, so when ``bound * len(rows)`` fits in int32 the row and position
+    are packed into one key and sorted alone.
+    """
+    size = rows.shape[0]
+    if (bound + 1) * size < 2**31:
+        packed = jnp.sort(rows * size + jnp.arange(size, dtype=rows.dtype))
+        return packed % size
+    return jnp.argsort(rows, stable=True)
+
+
+def _first_of_run(rows: jax.Array) -> jax.Array:
+    """For each entry, the position of the first equal row in sorted order (a
+    segment id shared by duplicates): one plain sort plus a binary search, both
+    much faster on a CPU than a key-value sort."""
+    sorted_rows = jnp.sort(rows)
+    return sorted_rows, jnp.searchsorted(sorted_rows, rows, side="left", method="scan_unrolled")
+
+
+def _combine_duplicates(rows: jax.Array, grads: jax.Array, n_rows: int):
+    """Sum gradients of repeated rows. Returns ``(unique_rows, summed)`` of the input's
+    length; unused entries get distinct out-of-range rows (dropped by scatters)."""
+    size = rows.shape[0]
+    rows = jnp.minimum(rows, n_rows)  # every out-of-range row becomes n_rows
+    spare = n_rows + jnp.arange(size, dtype=rows.dtype)
+    if (n_rows + 1) * size < 2**31:
+        order = _sort_order(rows, n_rows)
+        sorted_rows = rows[order]
+        new = jnp.concatenate([jnp.ones(1, bool), sorted_rows[1:] != sorted_rows[:-1]])
+        segment = jnp.cumsum(new) - 1
+        summed = jnp.zeros_like(grads).at[segment].add(grads[order], indices_are_sorted=True)
+        unique = spare.at[segment].set(sorted_rows, indices_are_sorted=True)
+    else:
+        sorted_rows, first = _first_of_run(rows)
+        summed = jnp.zeros_like(grads).at[first].add(grads)
+        unique = spare.at[first].set(rows)  # duplicates write the same row
+    unique = jnp.where(unique < n_rows, unique, spare)
+    return unique, summed
+
+
+def _update_rows(table, state, rows, grads, row_opt: RowOptimizer, step):
+    n = table.shape[0]
+    if row_opt.delta is not None:
+        return table.at[rows].add(row_opt.delta(grads), mode="drop"), state
+    unique, summed = _combine_duplicates(rows, grads, n)
+    current = table.at[unique].get(mode="fill", fill_value=0)
+    current_state = tuple(s.at[unique].get(mode="fill", fill_value=0) for s in state)
+    new_rows, new_state = row_opt.update(summed, current_state, current, step)
+    table = table.at[unique].set(new_rows, mode="drop", unique_indices=True)
+    state = tuple(s.at[unique].set(ns, mode="drop", unique_indices=True) for s, ns in zip(state, new_state))
+    return table, state
+
+
+def _route(spec: MDSpec, ids: jax.Array, capacities) -> embedding.Routing:
+    """Block routing of a batch; a one-block table needs none (rows in batch order)."""
+    if spec.n_blocks == 1:
+        valid = (ids >= 0) & (ids < spec.n_rows)
+        return embedding.Routing((jnp.where(valid, ids, spec.n_rows),), None, jnp.ones((), bool))
+    return embedding.route(spec, ids, capacities)
+
+
+def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, capacities, l2):
+    """Loss and gradients with respect to gathered rows (per table) and dense params."""
+    ids = {"user": jnp.where(weights > 0, users, -1), "item": jnp.where(weights > 0, items, -1)}
+    specs = {"user": config.user, "item": config.item}
+    routing = {side: _route(specs[side], ids[side], capacities[side]) for side in ("user", "item")}
+    gathered = {}
+    for name, side, _ in config.embeddings:
+        gathered[name] = tuple(
+            block.at[rows].get(mode="fill", fill_value=0)
+            for block, rows in zip(params["tables"][name], routing[side].rows)
+        )
+    if config.biases:
+        for name, side in (("user_bias", "user"), ("item_bias", "item")):
+            gathered[name] = params["tables"][name].at[ids[side]].get(
+                mode="fill", fill_value=0, wrap_negative_indices=False)
+
+    def loss_fn(rows, dense):
+        vectors = {}
+        for name, side, spec in config.embeddings:
+            outputs = [
+                values if projection is None else values @ projection
+                for values, projection in zip(rows[name], dense["projections"][name])
+            ]
+            if routing[side].slot is None:  # one block: rows are in batch order already
+                vectors[name] = outputs[0]
+            else:
+                vectors[name] = embedding.assemble(spec, outputs, routing[side], fill=0.0)
+        user_bias = rows.get("user_bias")
+        item_bias = rows.get("item_bias")
+        pred = models.head(dense, config, vectors, user_bias, item_bias)
+        return _weighted_loss(pred, ratings, weights, _penalty(config, vectors, user_bias, item_bias), l2)
+
+    (loss, mse), (row_grads, dense_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        gathered, params["dense"])
+    fits = jnp.logical_and(routing["user"].fits, routing["item"].fits)
+    row_ids = {name: routing[side].rows for name, side, _ in config.embeddings}
+    if config.biases:
+        row_ids["user_bias"] = jnp.where(ids["user"] >= 0, ids["user"], config.user.n_rows)
+        row_ids["item_bias"] = jnp.where(ids["item"] >= 0, ids["item"], config.item.n_rows)
+    return loss, mse, row_ids, row_grads, dense_grads, fits
+
+
+def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
+    def apply_updates(state, row_ids, row_grads, dense_grads):
+        step = state.step + 1
+        tables, row_state = {}, {}
+        for name, table in state.params["tables"].items():
+            if isinstance(table, tuple):
+                pairs = [
+                    _update_rows(block, block_state, rows, grads, opt.rows, step)
+                    for block, block_state, rows, grads in zip(
+                        table, state.row_state[name], row_ids[name], row_grads[name])
+                ]
+                tables[name] = tuple(p[0] for p in pairs)
+                row_state[name] = tuple(p[1] for p in pairs)
+            else:
+                tables[name], row_state[name] = _update_rows(
+                    table, state.row_state[name], row_ids[name], row_grads[name], opt.rows, step)
+        updates, dense_state = opt.dense.update(dense_grads, state.dense_state, state.params["dense"])
+        dense = optax.apply_updates(state.params["dense"], updates)
+        return TrainState({"tables": tables, "dense": dense}, dense_state, row_state, step)
+
+    def main(state, users, items, ratings, weights):
+        loss, mse, row_ids, row_grads, dense_grads, _ = _sparse_grads(
+            config, state.params, users, items, ratings, weights, capacities(users.shape[0]), l2)
+        return apply_updates(state, row_ids, row_grads, dense_grads), loss, mse
+
+    def chunked(state, users, items, ratings, weights):
+        # Exact for any batch: chunks small enough that no block can overflow; the
+        # chunks' row gradients are concatenated and combined, dense ones summed.
+        batch = users.shape[0]
+        size = min(min(capacities(batch)["user"]), min(capacities(batch)["item"]))
+        n_chunks = -(-batch // size)
+        pad = n_chunks * size - batch
+
+        def chunk(values, fill):
+            return jnp.concatenate([values, jnp.full(pad, fill, values.dtype)]).reshape(n_chunks, size)
+
+        total = jnp.maximum(jnp.sum(weights), 1.0)
+        parts = (chunk(users, 0), chunk(items, 0), chunk(ratings, 0), chunk(weights, 0))
+
+        def one(args):
+            u, i, r, w = args
+            # Each chunk's loss is scaled to its share of the batch's total weight.
+            share = jnp.maximum(jnp.sum(w), 1.0) / total
+            loss, mse, row_ids, row_grads, dense_grads, _ = _sparse_grads(
+                config, state.params, u, i, r, w, {"user": (size,) * config.user.n_blocks,
+                                                   "item": (size,) * config.item.n_blocks}, l2)
+            scale = lambda tree: jax.tree.map(lambda g: g * share, tree)  # noqa: E731
+            return loss * share, mse * share, row_ids, scale(row_grads), scale(dense_grads)
+
+        losses, mses, row_ids, row_grads, dense_grads = jax.lax.map(one, parts)
+        flat = lambda tree: jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)  # noqa: E731
+        dense_grads = jax.tree.map(lambda g: jnp.sum(g, axis=0), dense_grads)
+        new_state = apply_updates(state, flat(row_ids), flat(row_grads), dense_grads)
+        return new_state, jnp.sum(losses), jnp.sum(mses)
+
+    def step(state: TrainState, batch):
+        users, items, ratings, weights = _batch_parts(batch)
+        caps = capacities(users.shape[0])
+        if config.user.n_blocks == 1 and config.item.n_blocks == 1:
+            new_state, loss, mse = main(state, users, items, ratings, weights)
+        else:
+            fits = jnp.logical_and(
+                _route(config.user, jnp.where(weights > 0, users, -1), caps["user"]).fits,
+                _route(config.item, jnp.where(weights > 0, items, -1), caps["item"]).fits,
+            )
+            new_state, loss, mse = jax.lax.cond(fits, main, chunked, state, users, items, ratings, weights)
+        return new_state, {"loss": loss, "mse": mse}
+
+    return step
+
+
+def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "auto") -> Callable:
+    """A pure train step ``(state, batch) -> (state, metrics)`` for your own ``jit``/``scan``/``vmap``.
+
+    Args:
+      model: a :class:`~mdcf.models.Model` or :class:`~mdcf.models.ModelConfig`.
+      opt: an :class:`Optimizer` (row-sparse when ``opt.rows`` is set) or an optax
+        transformation (dense).
+      l2: regularisation of the embedding vectors and biases a rating uses.
+      capacities: row-sparse path only: per-block slots, ``"auto"`` (sized from
+        each spec's loads, :func:`mdcf.embedding.block_capacities`) or
+        ``{"user": (...), "item": (...)}``. A batch that overflows them is
+        handled exactly by a slower chunked path.
+
+    The batch is a dict of ``users`` and ``items`` (rows in block order, e.g.
+    from :meth:`Model.encode <mdcf.models.Model.encode>`), ``ratings`` and
+    optional ``weights`` (0 marks padding). Metrics: ``loss`` (MSE plus
+    regularisation) and ``mse``, weighted means over the batch.
+
+    Example:
+      >>> step = jax.jit(make_train_step(model, optimizer("adam", 1e-3), l2=0.05))  # doctest: +SKIP
+      >>> state, metrics = step(state, batch)  # doctest: +SKIP
+    """
+    config = _config(model)
+    opt = _as_optimizer(opt)
+    if opt.rows is None:
+        return _dense_step(config, opt, l2)
+
+    def capacity_for(batch: int) -> dict:
+        if capacities == "auto":
+            return {"user": embedding.block_capacities(config.user, batch),
+                    "item": embedding.block_capacities(config.item, batch)}
+        return {side: tuple(min(int(c), batch) for c in capacities[side]) for side in ("user", "item")}
+
+    return _sparse_step(config, opt, l2, capacity_for)
+
+
+# ------------------------------------------------------------- evaluation
+def make_eval_fn(model, clip: bool = True, scale=None) -> Callable:
+    """A jittable ``(params, users, items) -> predictions`` (clipped to the rating scale)."""
+    config = _config(model)
+    if scale is None and isinstance(model, Model):
+        scale = model.scale
+
+    def predict_rows(params, users, items):
+        pred = models.apply(params, config, users, items)
+        if clip and scale is not None:
+            pred = jnp.clip(pred, scale[0], scale[1])
+        return pred
+
+    return predict_rows
+
+
+def _predict_rows(model, params, users, items, batch_size=1 << 16, clip=True) -> np.ndarray:
+    fn = jax.jit(make_eval_fn(model, clip))
+    users = np.asarray(users, np.int32)
+    items = np.asarray(items, np.int32)
+    n = len(users)
+    if n == 0:
+        return np.zeros(0, np.float32)
+    batch = min(batch_size, n)
+    out = np.empty(n, np.float32)
+    for start in range(0, n, batch):
+        u, i = users[start:start + batch], items[start:start + batch]
+        size = len(u)
+        if size < batch:  # pad to keep one compiled shape
+            u = np.concatenate([u, np.zeros(batch - size, np.int32)])
+            i = np.concatenate([i, np.zeros(batch - size, np.int32)])
+        out[start:start + size] = np.asarray(fn(params, u, i))[:size]
+    return out
+
+
+def evaluate(model: Model, params: dict, ratings, batch_size: int = 1 << 16, clip: bool = True) -> dict[str, float]:
+    """Test metrics of a model on ratings in its code space.
+
+    Returns:
+      ``mse``, ``rmse``, ``mae``, and ``mse_popular`` / ``mse_rare``: the MSE on
+      ratings of the most popular third and the rarest third of items (by
+      training frequency; the paper's Fig. 3 split), with ``n``, ``n_popular``,
+      ``n_rare``. Predictions are clipped to the rating scale unless ``clip=False``.
+    """
+    batch = model.encode(ratings)
+    pred = _predict_rows(model, params, batch["users"], batch["items"], batch_size, clip)
+    return metrics.rating_metrics(pred, batch["ratings"], batch["items"], model.config.item.n_rows)
+
+
+def predict(model: Model, params: dict, user_ids, item_ids, clip: bool = True, batch_size: int = 1 << 16) -> np.ndarray:
+    """Predicted ratings for *original* user and item ids.
+
+    Users or items the model has never seen get a documented fallback: the
+    global bias plus whichever biases are known (the item's bias for an unknown
+    user, the user's for an unknown item, neither if both are unknown), and a
+    warning reports how many predictions used it.
+
+    Returns:
+      float32 ``[n]``, clipped to the rating scale unless ``clip=False``.
+    """
+    user_ids = np.asarray(user_ids)
+    item_ids = np.asarray(item_ids)
+    if user_ids.shape != item_ids.shape or user_ids.ndim != 1:
+        raise ValueError(f"user_ids and item_ids must be 1-D of equal length, got {user_ids.shape} and {item_ids.shape}")
+
+    def to_rows(ids, known, rows):
+        if len(known) == 0:
+            return np.zeros(len(ids), np.int32), np.zeros(len(ids), bool)
+        try:
+            pos = np.searchsorted(known, ids)
+        except TypeError:
+            raise TypeError(f"ids of type {ids.dtype} cannot be compared with the model's ids ({known.dtype})") from None
+        pos = np.minimum(pos, len(known) - 1)
+        found = known[pos] == ids
+        return np.where(found, rows[pos], 0).astype(np.int32), found
+
+    users, user_known = to_rows(user_ids, model.user_ids, model.user_rows)
+    items, item_known = to_rows(item_ids, model.item_ids, model.item_rows)
+    pred = _predict_rows(model, params, users, items, batch_size, clip=False)
+    unknown = ~(user_known & item_known)
+    if unknown.any():
+        config = model.config
+        fallback = np.full(len(pred), float(params["dense"]["bias"]), np.float32)
+        if config.biases:
+            user_bias = np.asarray(params["tables"]["user_bias"])[users]
+            item_bias = np.asarray(params["tables"]["item_bias"])[items]
+            fallback += np.where(user_known, user_bias, 0) + np.where(item_known, item_bias, 0)
+        pred = np.where(unknown, fallback, pred)
+        warnings.warn(
+            f"predict: {int(unknown.sum())} of {len(pred)} pairs involve unknown users or items "
+            f"({int((~user_known).sum())} unknown users, {int((~item_known).sum())} unknown items); "
+            "they get the global bias plus the known biases",
+            stacklevel=2,
+        )
+    if clip and model.scale is not None:
+        pred = np.clip(pred, model.scale[0], model.scale[1])
+    return pred.astype(np.float32)
+
+
+# --------------------------------------------------------------------- fit
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+      model: the model (structure and id maps).
+      params: the parameters (the best epoch's when ``restore_best``).
+      state: the final train state (for resuming).
+      history: one dict per epoch: ``epoch``, ``train_loss``, ``train_mse``,
+        ``val_mse``, ``val_rmse`` (when validating), ``seconds``.
+      best_epoch: the epoch whose parameters were kept (1-based), or the last.
+      stopped_early: whether patience ran out.
+    """
+
+    model: Model
+    params: dict
+    state: TrainState
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+def _epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
+    """The seeded shuffle of one epoch, padded to whole batches: int32 ``[n_batches, batch_size]``.
+
+    Shuffling on the host (numpy) is much faster than ``jax.random.permutation``
+    on a CPU, and overlaps with the previous epoch's computation.
+    """
+    n_batches = -(-n // batch_size)
+    order = np.zeros(n_batches * batch_size, np.int32)
+    order[:n] = np.random.default_rng([seed, epoch]).permutation(n)
+    return order.reshape(n_batches, batch_size)
+
+
+def _epoch_fn(step, n: int, batch_size: int):
+    """A jitted epoch: a scan of train steps over the padded batches of ``order``."""
+    n_batches = -(-n // batch_size)
+    weight = (np.arange(n_batches * batch_size) < n).astype(np.float32).reshape(n_batches, batch_size)
+
+    @jax.jit
+    def run(state, data, order):
+        def body(state, xs):
+            index, w = xs
+            batch = {"users": data["users"][index], "items": data["items"][index],
+                     "ratings": data["ratings"][index], "weights": w}
+            state, metrics_ = step(state, batch)
+            return state, (metrics_["loss"], metrics_["mse"], jnp.sum(w))
+
+        state, (losses, mses, sizes) = jax.lax.scan(body, state, (order, jnp.asarray(weight)))
+        return state, losses, mses, sizes
+
+    return run
+
+
+def fit(
+    model: Model,
+    train,
+    validation=0.1,
+    *,
+    epochs: int = 100,
+    batch_size: int = 1024,
+    optimizer_name: str = "adam",
+    learning_rate: float = 3e-3,
+    l2: float = 0.1,
+    weight_decay: float = 0.0,
+    sparse: bool | str = "auto",
+    opt: Optimizer | optax.GradientTransformation | None = None,
+    patience: int | None = 5,
+    restore_best: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    callbacks: Sequence[Callable] = (),
+    initial_state: TrainState | None = None,
+    start_epoch: int = 0,
+    checkpoint: str | None = None,
+) -> FitResult:
+    """Train a model with epochs as jitted scans, validation and early stopping.
+
+    Args:
+      model: from :func:`mdcf.models.build_model`.
+      train: training :class:`~mdcf.data.Ratings` (in the model's code space).
+      validation: Ratings to validate on each epoch, a fraction of ``train`` to
+        carve off for it (seeded random split; default 0.1), or None for no
+        validation (no early stopping). Never pass test data here.
+      epochs: maximum number of epochs.
+      batch_size: ratings per step.
+      optimizer_name, learning_rate, weight_decay: build the optimiser with
+        :func:`optimizer` (ignored when ``opt`` is given).
+      l2: regularisation of the embedding vectors and biases of each rating.
+      sparse: row-sparse table updates; ``"auto"`` uses them unless the tables
+        are small next to a batch (fewer rows than 4 batches), where dense updates are cheaper.
+      opt: an explicit optimiser (overrides the three above).
+      patience: stop after this many epochs without a better validation MSE.
+      restore_best: return the parameters of the best validation epoch.
+      seed: seeds the parameters, the validation carve-out and every epoch's shuffle.
+      progress: show a progress bar (tqdm) with loss and validation RMSE.
+      callbacks: ``callback(epoch, logs, state)`` after every epoch; returning True stops training.
+      initial_state, start_epoch: resume from a state after ``start_epoch`` epochs
+        (gives the same result as an uninterrupted run).
+      checkpoint: a path; the state is saved there atomically after every epoch,
+        and a run started with an existing checkpoint resumes from it.
+
+    Returns:
+      A :class:`FitResult`.
+
+    Raises:
+      TrainingDivergedError: the loss became NaN or infinite (names the epoch and step).
+    """
+    from . import data as data_, io as io_
+
+    if validation is not None and not hasattr(validation, "ratings"):
+        fraction = float(validation)
+        train, validation = data_.split(train, "random", test_fraction=fraction, seed=seed + 7919)
+    config = model.config
+    if opt is None:
+        if sparse == "auto":
+            sparse = max(config.user.n_rows, config.item.n_rows) >= 4 * batch_size
+        opt = optimizer(optimizer_name, learning_rate, sparse=bool(sparse), weight_decay=weight_decay)
+    opt = _as_optimizer(opt)
+    step = make_train_step(model, opt, l2=l2)
+    encoded = model.encode(train)
+    n = len(train)
+    if n == 0:
+        raise ValueError("fit: the training set is empty")
+    batch_size = int(min(batch_size, n))
+    data = {key: jnp.asarray(value) for key, value in encoded.items()}
+    run_epoch = _epoch_fn(step, n, batch_size)
+    val_batch = None if validation is None else model.encode(validation)
+
+    history: list[dict] = []
+    best = {"mse": math.inf, "epoch": 0, "params": None, "bad": 0}
+    state = initial_state
+    if checkpoint is not None and state is None:
+        import os
+
+        if os.path.exists(checkpoint):
+            loaded = io_.load(checkpoint, opt=opt)
+            state, start_epoch = loaded.state, loaded.meta.get("epoch", 0)
+            history = loaded.meta.get("history", [])
+            best.update(loaded.meta.get("best", {}))
+            best["params"] = loaded.best_params
+    if state is None:
+        state = init_state(jax.random.key(seed), model, opt)
+    if best["params"] is None and restore_best:
+        best["params"] = state.params
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, initial=start_epoch, desc=f"fit {config.kind}", unit="epoch", leave=False)
+    stopped = False
+    next_order = None
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            if patience is not None and val_batch is not None and best["bad"] >= patience:
+                stopped = True
+                break
+            started = time.perf_counter()
+            order = next_order if next_order is not None else _epoch_order(seed, epoch, n, batch_size)
+            new_state, losses, mses, sizes = run_epoch(state, data, order)  # dispatched asynchronously
+            next_order = _epoch_order(seed, epoch + 1, n, batch_size) if epoch < epochs else None
+            losses = np.asarray(losses)
+            if not np.isfinite(losses).all():
+                bad_step = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1
+                raise TrainingDivergedError(
+                    f"fit: the training loss became {losses[bad_step - 1]} at epoch {epoch}, step {bad_step} of "
+                    f"{len(losses)}; lower the learning rate or raise l2 (the returned model would be NaN)"
+                )
+            state = new_state
+            sizes = np.asarray(sizes)
+            logs = {
+                "epoch": epoch,
+                "train_loss": float(np.sum(losses * sizes) / n),
+                "train_mse": float(np.sum(np.asarray(mses) * sizes) / n),
+            }
+            if val_batch is not None:
+                pred = _predict_rows(model, state.params, val_batch["users"], val_batch["items"])
+                val_mse = float(np.mean((pred - val_batch["ratings"]) ** 2))
+                logs["val_mse"], logs["val_rmse"] = val_mse, math.sqrt(val_mse)
+                if val_mse < best["mse"]:
+                    best.update(mse=val_mse, epoch=epoch, bad=0)
+                    if restore_best:
+                        best["params"] = state.params
+                else:
+                    best["bad"] += 1
+            logs["seconds"] = time.perf_counter() - started
+            history.append(logs)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k in ("train_loss", "val_rmse")})
+            if checkpoint is not None:
+                io_.save(checkpoint, model, state, best_params=best["params"] if restore_best else None,
+                         meta={"epoch": epoch, "history": history,
+                               "best": {k: v for k, v in best.items() if k != "params"}})
+            if any(callback(epoch, logs, state) for callback in callbacks):
+                stopped = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if patience is not None and val_batch is not None and best["bad"] >= patience:
+        stopped = True
+    params = state.params
+    best_epoch = history[-1]["epoch"] if history else start_epoch
+    if restore_best and val_batch is not None and best["epoch"]:
+        params, best_epoch = best["params"], best["epoch"]
+    return FitResult(model, params, state, history, best_epoch, stopped)

@@ -1,0 +1,287 @@
+"""Training: row-sparse against dense updates, exactness, determinism, resuming, fit, predict."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mdcf import data, embedding, io, models, train
+from mdcf.embedding import MDSpec
+from mdcf.models import ModelConfig
+
+USER = MDSpec((4, 10, 30), (8, 4, 2), 8, loads=(0.4, 0.3, 0.3))
+ITEM = MDSpec((6, 34), (8, 3), 8, loads=(0.5, 0.5))
+
+
+def batch_of(seed, size=64, weights=True):
+    rng = np.random.default_rng(seed)
+    batch = {
+        "users": rng.integers(0, 44, size).astype(np.int32),
+        "items": rng.integers(0, 40, size).astype(np.int32),
+        "ratings": rng.integers(1, 6, size).astype(np.float32),
+    }
+    batch["users"][:5] = 3  # duplicates within a batch
+    if weights:
+        batch["weights"] = (np.arange(size) < size - 3).astype(np.float32)  # three padding entries
+    return batch
+
+
+def run_steps(config, opt, batches, l2=0.05, seed=0):
+    state = train.init_state(jax.random.key(seed), config, opt, global_mean=3.0)
+    step = jax.jit(train.make_train_step(config, opt, l2=l2))
+    for batch in batches:
+        state, _ = step(state, batch)
+    return state
+
+
+def assert_params_close(a, b, rtol=1e-5, atol=1e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("kind", ["mf", "neumf"])
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+def test_row_sparse_matches_dense(kind, name):
+    config = ModelConfig(kind, USER, ITEM, layers=(8, 4))
+    batches = [batch_of(s) for s in range(4)]
+    sparse = run_steps(config, train.optimizer(name, 0.05, sparse=True), batches)
+    dense = run_steps(config, train.optimizer(name, 0.05, sparse=False), batches)
+    assert_params_close(sparse.params, dense.params)
+
+
+def test_overflowing_batches_take_the_exact_chunked_path():
+    config = ModelConfig("mf", USER, ITEM)
+    batch = batch_of(0, size=512)
+    batch["users"][:400] = np.arange(400) % 4  # 400 ids in a 4-row block: beyond its slots
+    caps = embedding.block_capacities(USER, 512)
+    assert caps[0] < 400
+    sparse = run_steps(config, train.optimizer("sgd", 0.05, sparse=True), [batch])
+    dense = run_steps(config, train.optimizer("sgd", 0.05, sparse=False), [batch])
+    assert_params_close(sparse.params, dense.params)
+
+
+def test_lazy_adam_leaves_absent_rows_alone():
+    config = ModelConfig("mf", MDSpec.uniform(10, 4), MDSpec.uniform(10, 4))
+    first = {"users": np.array([1, 2], np.int32), "items": np.array([1, 2], np.int32), "ratings": np.array([5.0, 1.0], np.float32)}
+    second = {"users": np.array([3, 3], np.int32), "items": np.array([3, 4], np.int32), "ratings": np.array([2.0, 4.0], np.float32)}
+    opt = train.optimizer("adam", 0.1, sparse=True)
+    state = train.init_state(jax.random.key(0), config, opt, 3.0)
+    step = jax.jit(train.make_train_step(config, opt))
+    after_first, _ = step(state, first)
+    after_second, _ = step(after_first, second)
+    table = lambda s: np.asarray(s.params["tables"]["user"][0])  # noqa: E731
+    np.testing.assert_array_equal(table(after_second)[1], table(after_first)[1])  # lazy: row 1 absent in step 2
+    assert not np.array_equal(table(after_first)[1], table(state)[1])
+    dense_opt = train.optimizer("adam", 0.1, sparse=False)
+    dense_step = jax.jit(train.make_train_step(config, dense_opt))
+    d1, _ = dense_step(train.init_state(jax.random.key(0), config, dense_opt, 3.0), first)
+    d2, _ = dense_step(d1, second)
+    assert not np.array_equal(np.asarray(d2.params["tables"]["user"][0])[1], np.asarray(d1.params["tables"]["user"][0])[1])
+    # One step from fresh state: lazy and dense Adam agree on the rows of the batch.
+    np.testing.assert_allclose(table(after_first)[1], np.asarray(d1.params["tables"]["user"][0])[1], rtol=1e-6)
+
+
+def test_custom_pipeline_jit_scan_vmap_over_seeds():
+    """The README's custom-pipeline example, in miniature."""
+    config = ModelConfig("mf", USER, ITEM)
+    opt = train.optimizer("adam", 1e-2)
+    step = train.make_train_step(config, opt, l2=0.05)
+    batches = [batch_of(s, weights=False) for s in range(5)]
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *batches)
+
+    @jax.jit
+    def run(key):
+        state = train.init_state(key, config, opt, global_mean=3.0)
+        state, metrics = jax.lax.scan(step, state, stacked)
+        return state, metrics["loss"]
+
+    states, losses = jax.vmap(run)(jax.random.split(jax.random.key(0), 3))
+    assert losses.shape == (3, 5) and np.isfinite(losses).all()
+    single, single_losses = run(jax.random.split(jax.random.key(0), 3)[1])
+    np.testing.assert_allclose(losses[1], single_losses, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    ratings, _ = data.synthetic(200, 120, 6_000, rank=4, noise=0.3, seed=0)
+    train_part, test = data.split(ratings, "random", 0.1, seed=0)
+    return ratings, train_part, test
+
+
+def test_fit_is_deterministic_and_learns(small_data):
+    _, train_part, test = small_data
+    model = models.build_model(train_part, "mf", dim=8, alpha=0.4, blocks=3)
+    a = train.fit(model, train_part, epochs=8, batch_size=256, progress=False, seed=3, sparse=True)
+    b = train.fit(model, train_part, epochs=8, batch_size=256, progress=False, seed=3, sparse=True)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+    assert a.history[-1]["train_mse"] < a.history[0]["train_mse"]
+    metrics = train.evaluate(model, a.params, test)
+    baseline = float(np.mean((test.ratings - model.global_mean) ** 2))
+    assert metrics["mse"] < baseline  # better than predicting the mean
+    assert set(metrics) >= {"mse", "rmse", "mae", "mse_popular", "mse_rare"}
+
+
+def test_resuming_is_exact(small_data, tmp_path):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "neumf", dim=8, alpha=0.4, blocks=3, layers=(8, 4))
+    kwargs = dict(batch_size=256, progress=False, seed=5, patience=None, sparse=True)
+    full = train.fit(model, train_part, epochs=6, **kwargs)
+    path = tmp_path / "run.mdcf"
+    train.fit(model, train_part, epochs=3, checkpoint=str(path), **kwargs)
+    resumed = train.fit(model, train_part, epochs=6, checkpoint=str(path), **kwargs)
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 7))
+    for x, y in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_early_stopping_restores_the_best_epoch(small_data):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=16)
+    result = train.fit(model, train_part, epochs=200, batch_size=64, learning_rate=3e-2, l2=0.0,
+                       patience=2, progress=False)
+    assert result.stopped_early and len(result.history) < 200
+    val_mses = [h["val_mse"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(val_mses)) + 1
+    assert len(result.history) == result.best_epoch + 2
+
+
+def test_callbacks_can_stop(small_data):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=4)
+    seen = []
+    result = train.fit(model, train_part, epochs=10, progress=False,
+                       callbacks=[lambda epoch, logs, state: seen.append(logs) or epoch == 2])
+    assert len(result.history) == 2 and len(seen) == 2 and "val_rmse" in seen[0]
+
+
+def test_divergence_names_epoch_and_step(small_data):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=8)
+    with pytest.raises(train.TrainingDivergedError, match=r"epoch 1, step \d+"):
+        train.fit(model, train_part, epochs=3, optimizer_name="sgd", learning_rate=1e4, progress=False)
+
+
+def test_predict_on_original_ids_with_fallback(small_data):
+    ratings, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=4)
+    params = train.fit(model, train_part, epochs=2, progress=False).params
+    users = ratings.user_ids[ratings.users[:5]]
+    items = ratings.item_ids[ratings.items[:5]]
+    known = train.predict(model, params, users, items)
+    rows = model.encode(ratings.subset(np.arange(5)))
+    direct = np.clip(np.asarray(models.apply(params, model.config, rows["users"], rows["items"])), 1, 5)
+    np.testing.assert_allclose(known, direct, rtol=1e-6)
+    with pytest.warns(UserWarning, match=r"2 of 3 pairs involve unknown users or items \(1 unknown users, 1 unknown items\)"):
+        out = train.predict(model, params, np.array([users[0], 10_000, users[1]]), np.array([items[0], items[1], 99_999]))
+    bias = float(params["dense"]["bias"])
+    user_bias = np.asarray(params["tables"]["user_bias"])[model.user_rows[ratings.users[1]]]
+    item_bias = np.asarray(params["tables"]["item_bias"])[model.item_rows[ratings.items[1]]]
+    np.testing.assert_allclose(out[1], np.clip(bias + item_bias, 1, 5), rtol=1e-6)
+    np.testing.assert_allclose(out[2], np.clip(bias + user_bias, 1, 5), rtol=1e-6)
+    np.testing.assert_allclose(out[0], known[0], rtol=1e-6)
+
+
+def test_evaluate_against_numpy(small_data):
+    ratings, train_part, test = small_data
+    model = models.build_model(train_part, "mf", dim=4)
+    params = train.fit(model, train_part, epochs=1, progress=False).params
+    got = train.evaluate(model, params, test)
+    rows = model.encode(test)
+    pred = np.clip(np.asarray(models.apply(params, model.config, rows["users"], rows["items"])), 1, 5)
+    err = pred - test.ratings
+    assert got["mse"] == pytest.approx(np.mean(err**2), rel=1e-5)
+    assert got["mae"] == pytest.approx(np.mean(np.abs(err)), rel=1e-5)
+    n = model.config.item.n_rows
+    popular = rows["items"] < n / 3
+    rare = rows["items"] >= n - n / 3
+    assert got["mse_popular"] == pytest.approx(np.mean(err[popular] ** 2), rel=1e-5)
+    assert got["mse_rare"] == pytest.approx(np.mean(err[rare] ** 2), rel=1e-5)
+    counts = train_part.item_counts()[np.argsort(model.item_rows)]
+    assert counts[: n // 3].min() >= counts[n - n // 3:].max()  # thirds follow training popularity
+
+
+def test_checkpoint_round_trip_and_errors(small_data, tmp_path):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=8, alpha=0.4, blocks=3)
+    opt = train.optimizer("adam", 1e-2, sparse=True)
+    state = train.init_state(jax.random.key(0), model, opt)
+    path = tmp_path / "ckpt.mdcf"
+    io.save(path, model, state, meta={"note": "x"})
+    loaded = io.load(path, opt=opt)
+    assert loaded.model.config == model.config and loaded.meta == {"note": "x"}
+    np.testing.assert_array_equal(loaded.model.user_rows, model.user_rows)
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(loaded.state)):
+        np.testing.assert_array_equal(x, y)
+    assert io.load(path).state is None  # parameters only without an optimiser
+    with pytest.raises(io.CheckpointMismatchError, match="row-sparse"):
+        io.load(path, opt=train.optimizer("adam", 1e-2, sparse=False))
+    with pytest.raises(io.CheckpointMismatchError):
+        io.load(path, opt=train.optimizer("sgd", 1e-2, sparse=True))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(io.CorruptFileError, match="truncated"):
+        io.load(path)
+    other = tmp_path / "arrays.mdcf"
+    io.write_arrays(other, {"x": np.zeros(2)})
+    with pytest.raises(io.CorruptFileError, match="not an mdcf checkpoint"):
+        io.load(other)
+
+
+def test_ml100k_accuracy_with_defaults(ml100k_dir):
+    ratings = data.load_movielens("ml-100k", data_dir=ml100k_dir, verbose=False)
+    train_part, test = data.split(ratings, "random", 0.1, seed=0)
+    model = models.build_model(train_part, "mf")
+    result = train.fit(model, train_part, progress=False)  # validation carved from train
+    rmse = train.evaluate(model, result.params, test)["rmse"]
+    assert rmse <= 0.905, rmse
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.integers(0, 12), min_size=1, max_size=30), big=st.booleans(), seed=st.integers(0, 100))
+def test_combine_duplicates_matches_numpy(rows, big, seed):
+    n_rows = 2**28 if big else 11  # the large bound takes the sort + binary-search path
+    rows = np.array(rows, np.int32)
+    grads = np.random.default_rng(seed).standard_normal((len(rows), 3)).astype(np.float32)
+    unique, summed = jax.jit(train._combine_duplicates, static_argnums=2)(rows, grads, n_rows)
+    unique, summed = np.asarray(unique), np.asarray(summed)
+    assert len(set(unique.tolist())) == len(unique)  # distinct, so scatters never collide
+    got = {int(u): summed[j] for j, u in enumerate(unique) if u < n_rows}
+    want = {}
+    for r, g in zip(rows.tolist(), grads):
+        if r < n_rows:
+            want[r] = want.get(r, 0) + g
+    assert set(got) == set(want)
+    for r in want:
+        np.testing.assert_allclose(got[r], want[r], rtol=1e-5, atol=1e-6)
+
+
+def test_rowwise_adagrad_step_matches_numpy():
+    config = ModelConfig("mf", MDSpec.uniform(6, 3), MDSpec.uniform(5, 3), biases=False)
+    opt = train.optimizer("rowwise_adagrad", 0.5, sparse=True)
+    state = train.init_state(jax.random.key(0), config, opt, 3.0)
+    batch = {"users": np.array([1, 1, 4], np.int32), "items": np.array([0, 2, 2], np.int32),
+             "ratings": np.array([5.0, 1.0, 4.0], np.float32)}
+    new, _ = jax.jit(train.make_train_step(config, opt))(state, batch)
+    users = np.asarray(state.params["tables"]["user"][0], np.float64)
+    items = np.asarray(state.params["tables"]["item"][0], np.float64)
+    err = 3.0 + np.sum(users[batch["users"]] * items[batch["items"]], 1) - batch["ratings"]
+    grad = np.zeros_like(users)
+    for j, (u, i) in enumerate(zip(batch["users"], batch["items"])):
+        grad[u] += 2 * err[j] * items[i] / 3
+    acc = 0.1 + np.mean(grad**2, axis=1)
+    want = users - 0.5 * grad / np.sqrt(acc + 1e-7)[:, None]
+    touched = [1, 4]
+    np.testing.assert_allclose(np.asarray(new.params["tables"]["user"][0])[touched], want[touched], rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(new.params["tables"]["user"][0])[[0, 2]], users[[0, 2]].astype(np.float32))
+    with pytest.raises(ValueError, match="row-sparse updates only"):
+        train.optimizer("rowwise_adagrad", 0.1, sparse=False)
