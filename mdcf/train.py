@@ -38,6 +38,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -530,18 +531,22 @@ def make_eval_fn(model, clip: bool = True, scale=None) -> Callable:
     config = _config(model)
     if scale is None and isinstance(model, Model):
         scale = model.scale
+    scale = tuple(scale) if clip and scale is not None else None
+    return partial(_predict_impl, config=config, scale=scale)
 
-    def predict_rows(params, users, items):
-        pred = models.apply(params, config, users, items)
-        if clip and scale is not None:
-            pred = jnp.clip(pred, scale[0], scale[1])
-        return pred
 
-    return predict_rows
+def _predict_impl(params, users, items, *, config: ModelConfig, scale):
+    pred = models.apply(params, config, users, items)
+    return pred if scale is None else jnp.clip(pred, scale[0], scale[1])
+
+
+# One compiled function per (structure, scale), reused across calls and epochs.
+_predict_jit = jax.jit(_predict_impl, static_argnames=("config", "scale"))
 
 
 def _predict_rows(model, params, users, items, batch_size=1 << 16, clip=True) -> np.ndarray:
-    fn = jax.jit(make_eval_fn(model, clip))
+    config = _config(model)
+    scale = tuple(model.scale) if clip and isinstance(model, Model) and model.scale is not None else None
     users = np.asarray(users, np.int32)
     items = np.asarray(items, np.int32)
     n = len(users)
@@ -555,7 +560,7 @@ def _predict_rows(model, params, users, items, batch_size=1 << 16, clip=True) ->
         if size < batch:  # pad to keep one compiled shape
             u = np.concatenate([u, np.zeros(batch - size, np.int32)])
             i = np.concatenate([i, np.zeros(batch - size, np.int32)])
-        out[start:start + size] = np.asarray(fn(params, u, i))[:size]
+        out[start:start + size] = np.asarray(_predict_jit(params, u, i, config=config, scale=scale))[:size]
     return out
 
 
@@ -665,10 +670,11 @@ def _epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
 def _epoch_fn(step, n: int, batch_size: int):
     """A jitted epoch: a scan of train steps over the padded batches of ``order``."""
     n_batches = -(-n // batch_size)
-    weight = (np.arange(n_batches * batch_size) < n).astype(np.float32).reshape(n_batches, batch_size)
 
     @jax.jit
     def run(state, data, order):
+        weight = (jnp.arange(n_batches * batch_size) < n).astype(jnp.float32).reshape(n_batches, batch_size)
+
         def body(state, xs):
             index, w = xs
             batch = {"users": data["users"][index], "items": data["items"][index],
@@ -676,7 +682,7 @@ def _epoch_fn(step, n: int, batch_size: int):
             state, metrics_ = step(state, batch)
             return state, (metrics_["loss"], metrics_["mse"], jnp.sum(w))
 
-        state, (losses, mses, sizes) = jax.lax.scan(body, state, (order, jnp.asarray(weight)))
+        state, (losses, mses, sizes) = jax.lax.scan(body, state, (order, weight))
         return state, losses, mses, sizes
 
     return run
@@ -717,8 +723,9 @@ def fit(
       optimizer_name, learning_rate, weight_decay: build the optimiser with
         :func:`optimizer` (ignored when ``opt`` is given).
       l2: regularisation of the embedding vectors and biases of each rating.
-      sparse: row-sparse table updates; ``"auto"`` uses them unless the tables
-        are small next to a batch (fewer rows than 4 batches), where dense updates are cheaper.
+      sparse: row-sparse table updates; ``"auto"`` uses them when the user and
+        item tables together have at least 8 batches of rows (below that a dense
+        step, which touches every row, is cheaper).
       opt: an explicit optimiser (overrides the three above).
       patience: stop after this many epochs without a better validation MSE.
       restore_best: return the parameters of the best validation epoch.
@@ -744,7 +751,9 @@ def fit(
     config = model.config
     if opt is None:
         if sparse == "auto":
-            sparse = max(config.user.n_rows, config.item.n_rows) >= 4 * batch_size
+            # Measured crossover on a 2-core CPU (benchmarks/bench_train.py): a dense Adam
+            # step costs about 1/6 of a sparse step per table row versus per rating.
+            sparse = config.user.n_rows + config.item.n_rows >= 8 * batch_size
         opt = optimizer(optimizer_name, learning_rate, sparse=bool(sparse), weight_decay=weight_decay)
     opt = _as_optimizer(opt)
     step = make_train_step(model, opt, l2=l2)
