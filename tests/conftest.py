@@ -10,8 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import mdcf
+
+# Property tests draw the same examples on every run, so a CI result is reproducible
+# (set HYPOTHESIS_PROFILE=explore to search with fresh random examples).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)

@@ -85,8 +85,9 @@ def test_budget_mode_meets_the_budget_before_rounding(sizes, alpha, scale):
 
 
 def _near_half(values):
+    """Within float32 rounding of a .5 tie (dlrm computes in float32, mdcf in float64)."""
     frac = np.abs(values - np.floor(values) - 0.5)
-    return frac < 1e-4
+    return frac < 1e-4 + 4e-6 * np.abs(values)
 
 
 @settings(max_examples=150, deadline=None)
