@@ -188,16 +188,25 @@ def init(key: jax.Array, spec: MDSpec, stddev: float = 0.1, dtype=jnp.float32) -
       stddev: standard deviation of each output coordinate at initialisation.
       dtype: parameter dtype.
     """
-    keys = jax.random.split(key, 2 * spec.n_blocks)
+    # One random draw for every block, sliced: each draw of a new shape is a
+    # separately compiled PRNG computation, which is slow to compile on a CPU.
+    table_sizes = [n * d for n, d in zip(spec.sizes, spec.dims)]
+    projection_sizes = [spec.base_dim * d if d < spec.base_dim else 0 for d in spec.dims]
+    draws = jax.random.normal(key, (sum(table_sizes) + sum(projection_sizes),), dtype)
     tables, projections = [], []
-    orthogonal = jax.nn.initializers.orthogonal()
-    for i, (n, d) in enumerate(zip(spec.sizes, spec.dims)):
-        tables.append(stddev * jax.random.normal(keys[2 * i], (n, d), dtype))
-        if d < spec.base_dim:
-            q = orthogonal(keys[2 * i + 1], (d, spec.base_dim), dtype)
-            projections.append(q * jnp.asarray(math.sqrt(spec.base_dim / d), dtype))
-        else:
+    offset = 0
+    for n, d, size in zip(spec.sizes, spec.dims, table_sizes):
+        tables.append(stddev * draws[offset:offset + size].reshape(n, d))
+        offset += size
+    for d, size in zip(spec.dims, projection_sizes):
+        if not size:
             projections.append(None)
+            continue
+        gaussian = draws[offset:offset + size].reshape(spec.base_dim, d)
+        offset += size
+        q, r = jnp.linalg.qr(gaussian)  # [d0, d] with orthonormal columns
+        q = q * jnp.sign(jnp.diagonal(r))[None, :]  # a uniformly random orthonormal frame
+        projections.append(q.T * jnp.asarray(math.sqrt(spec.base_dim / d), dtype))
     return MDParams(tuple(tables), tuple(projections))
 
 
@@ -401,9 +410,9 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
       spec: its structure (static).
       ids: integer array of any shape, rows in ``[0, spec.n_rows)``.
       capacity: performance knob, never a change in results. ``"auto"``
-        (default) picks the cheapest exact strategy: when the layer has no more
-        rows than the batch, every block is projected once and the ids gathered
-        from the result; otherwise ids are grouped by block and block ``i``
+        (default) picks the cheapest exact strategy: when the layer has at most
+        twice as many rows as the batch, every block is projected once and the
+        ids gathered from the result; otherwise ids are grouped by block and block ``i``
         gathers and projects only ``block_capacities(spec, batch)[i]`` slots
         (blocks smaller than their slots are projected whole). A batch that
         overflows a block's slots is processed in chunks that cannot overflow
@@ -431,7 +440,7 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
         out = _block_vectors(params, 0, flat, False)
     elif capacities is None:
         out = _lookup_masked(params, spec, flat)
-    elif capacity == "auto" and spec.n_rows <= batch:
+    elif capacity == "auto" and spec.n_rows <= 2 * batch:
         out = materialize(params, spec).at[flat].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
     else:
         out = _lookup_grouped_or_masked(params, flat, spec, capacities)

@@ -252,6 +252,14 @@ def init_state(key: jax.Array, model, opt, global_mean: float | None = None) -> 
     opt = _as_optimizer(opt)
     if global_mean is None:
         global_mean = model.global_mean if isinstance(model, Model) else 0.0
+    if isinstance(key, jax.core.Tracer) or isinstance(global_mean, jax.core.Tracer):
+        return _init_state(key, jnp.asarray(global_mean, jnp.float32), config, opt)
+    # Compiled as one computation: run eagerly, every random draw and optimiser
+    # buffer of a new shape compiles on its own (seconds for an MD model).
+    return _init_state_jit(key, jnp.asarray(global_mean, jnp.float32), config, opt)
+
+
+def _init_state(key, global_mean, config: ModelConfig, opt: Optimizer) -> TrainState:
     params = models.init(key, config, global_mean)
     if opt.rows is None:
         return TrainState(params, opt.dense.init(params), {}, jnp.zeros((), jnp.int32))
@@ -262,6 +270,9 @@ def init_state(key: jax.Array, model, opt, global_mean: float | None = None) -> 
         else:
             row_state[name] = opt.rows.init(table)
     return TrainState(params, opt.dense.init(params["dense"]), row_state, jnp.zeros((), jnp.int32))
+
+
+_init_state_jit = jax.jit(_init_state, static_argnums=(2, 3))
 
 
 # ----------------------------------------------------------------- the loss

@@ -81,7 +81,7 @@ def test_lazy_adam_leaves_absent_rows_alone():
     d2, _ = dense_step(d1, second)
     assert not np.array_equal(np.asarray(d2.params["tables"]["user"][0])[1], np.asarray(d1.params["tables"]["user"][0])[1])
     # One step from fresh state: lazy and dense Adam agree on the rows of the batch.
-    np.testing.assert_allclose(table(after_first)[1], np.asarray(d1.params["tables"]["user"][0])[1], rtol=1e-6)
+    np.testing.assert_allclose(table(after_first)[1], np.asarray(d1.params["tables"]["user"][0])[1], rtol=1e-5, atol=1e-7)
 
 
 def test_custom_pipeline_jit_scan_vmap_over_seeds():
