@@ -203,6 +203,32 @@ def _moves(k: int) -> np.ndarray:
     return np.concatenate(moves)
 
 
+def _search_near(index, target, levels, sizes, popular_first, base_dim, budget, floor_total, max_configs=600_000):
+    """Every allowed configuration within a few steps of ``index`` (as many as fit in
+    ``max_configs``): among those whose total lands in ``[floor_total, budget]``, the one
+    closest to the rule's continuous ``target`` (row-weighted squared distance). None if
+    there is none."""
+    k = len(index)
+    radius = 0
+    while (2 * (radius + 1) + 1) ** k <= max_configs and radius < 4:
+        radius += 1
+    if radius == 0:
+        return None
+    steps = np.arange(-radius, radius + 1)
+    offsets = np.stack(np.meshgrid(*([steps] * k), indexing="ij"), axis=-1).reshape(-1, k)
+    candidates = index[None, :] + offsets
+    candidates = candidates[((candidates >= 0) & (candidates < len(levels))).all(1)]
+    candidates = candidates[(np.diff(candidates[:, popular_first], axis=1) <= 0).all(1)]
+    dims = levels[candidates]
+    totals = _total(sizes, dims, base_dim)
+    fits = (totals >= floor_total) & (totals <= budget)
+    if not fits.any():
+        return None
+    distance = (((dims[fits] - target[None, :]) ** 2) * sizes[None, :]).sum(1)
+    best = np.flatnonzero(fits)[np.argmin(distance)]
+    return dims[best], int(totals[best])
+
+
 def _improve(dims, sizes, popular_first, base_dim, min_dim, budget, round_pow2):
     """Hill-climb the exact total towards the budget with small moves that keep every
     dimension allowed and dimensions non-increasing from the most to the least popular block."""
@@ -246,10 +272,11 @@ def solve_budget(
     """An MD layer whose exact parameter count (projections included) meets a budget.
 
     Dimensions follow the popularity rule ``d_i ~ p_i ** alpha`` capped at
-    ``base_dim``: among all scales of the rule, the configuration with the
-    largest total not above ``budget`` is taken, then small moves (one block up
-    one step, or one down and one or two others up) raise the total towards the
-    budget while keeping dimensions non-increasing with popularity.
+    ``base_dim``: the continuous rule is scaled to the budget, rounded down to
+    allowed dimensions, and topped up block by block (largest remainder first)
+    while the total fits. Only if that stays short of the tolerance do small
+    moves (one block up a step, or one down and one or two others up) trade
+    dimensions between blocks. Dimensions stay non-increasing with popularity.
 
     Args:
       budget: total parameters allowed: ``sum_i n_i d_i`` plus ``d_i * base_dim``
@@ -305,20 +332,57 @@ def solve_budget(
     relative = _relative_popularity(probs, alpha)
     popular_first = np.argsort(-relative, kind="stable")
 
-    # Every scale at which some block's rounded dimension changes.
     if round_pow2:
-        levels = 2.0 ** (np.arange(int(np.log2(base_dim)) + 2) - 0.5)
+        levels = sorted({2**e for e in range(int(np.log2(base_dim)) + 1) if 2**e >= min_dim} | {base_dim})
     else:
-        levels = np.arange(min_dim, base_dim + 1) + 0.5
-    with np.errstate(divide="ignore"):
-        scales = np.unique((levels[:, None] / relative[None, :]).ravel())
-    scales = np.concatenate([[0.0], scales[np.isfinite(scales)]])
-    configs = np.stack([_dims_at(s, relative, round_pow2, min_dim, base_dim) for s in scales])
-    totals = _total(sizes_array, configs, base_dim)
-    feasible = np.flatnonzero(totals <= budget)
-    dims = configs[feasible[np.argmax(totals[feasible])]].copy()
+        levels = list(range(min_dim, base_dim + 1))
+    levels = np.asarray(levels, dtype=np.int64)
 
-    dims, total = _improve(dims, sizes_array, popular_first, base_dim, min_dim, budget, round_pow2)
+    # The continuous rule at the largest scale whose total fits the budget ...
+    def continuous_total(scale):
+        dims = np.clip(scale * relative, min_dim, base_dim)
+        return float(_total(sizes_array, dims, base_dim))
+
+    low, high = 0.0, float(base_dim) / max(float(relative.min()), 1e-12) * 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if continuous_total(middle) <= budget else (low, middle)
+    target = np.clip(low * relative, min_dim, base_dim)
+    # ... rounded down to allowed dimensions, then topped up by largest remainder:
+    # the block furthest below its target (in steps) grows first, while the total fits
+    # and dimensions stay non-increasing from the most to the least popular block.
+    index = np.maximum(np.searchsorted(levels, target, side="right") - 1, 0)
+    dims = levels[index]
+    for rank in range(1, len(popular_first)):  # rounding down can break monotonicity at ties
+        prev, block = popular_first[rank - 1], popular_first[rank]
+        index[block] = min(index[block], index[prev])
+    dims = levels[index]
+    total = int(_total(sizes_array, dims, base_dim))
+    while True:
+        best, best_gap = None, -np.inf
+        for rank, block in enumerate(popular_first):
+            if index[block] + 1 >= len(levels):
+                continue
+            if rank > 0 and index[popular_first[rank - 1]] <= index[block]:
+                continue
+            trial = dims.copy()
+            trial[block] = levels[index[block] + 1]
+            if int(_total(sizes_array, trial, base_dim)) > budget:
+                continue
+            gap = (target[block] - dims[block]) / (levels[index[block] + 1] - dims[block])
+            if gap > best_gap:
+                best, best_gap = block, gap
+        if best is None:
+            break
+        index[best] += 1
+        dims = levels[index]
+        total = int(_total(sizes_array, dims, base_dim))
+    if total < floor_total:  # the rule's shape cannot fill the budget: trade steps between blocks
+        found = _search_near(index, target, levels, sizes_array, popular_first, base_dim, budget, floor_total)
+        if found is not None:
+            dims, total = found
+        else:
+            dims, total = _improve(dims, sizes_array, popular_first, base_dim, min_dim, budget, round_pow2)
     if total < floor_total:
         steps = ", ".join(
             f"{int(sizes_array[b]) + (base_dim if dims[b] + 1 < base_dim else 0):,}" for b in popular_first

@@ -1,0 +1,138 @@
+"""Figures of the paper, shared by experiment scripts and notebooks (matplotlib).
+
+Every function draws on a given or new axes and returns the figure; :func:`save`
+writes PNG and PDF atomically.
+"""
+
+from __future__ import annotations
+
+import io as stdio
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import io
+from .sweep import select
+
+__all__ = ["budget_curves", "alpha_ablation", "block_dims", "frequency_curve", "save"]
+
+
+def _axes(ax=None, size=(6.0, 4.0)):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=size)
+        return fig, ax
+    return ax.figure, ax
+
+
+def _by_alpha(rows, metric):
+    """{alpha: [(params, mean, std)]} over seeds, from each cell's best-validation run."""
+    chosen = select(rows)
+    out: dict[float, list[tuple[float, float, float]]] = {}
+    for alpha in sorted({r["alpha"] for r in chosen}):
+        points = []
+        for budget in sorted({r["budget"] for r in chosen if r["alpha"] == alpha}):
+            cell = [r for r in chosen if r["alpha"] == alpha and r["budget"] == budget]
+            values = [r[metric] for r in cell]
+            points.append((float(np.mean([r["params"] for r in cell])), float(np.mean(values)), float(np.std(values))))
+        out[alpha] = points
+    return out
+
+
+def budget_curves(rows, metric: str = "test_mse", ax=None, title: str | None = None):
+    """Test MSE against the number of parameters (log x), one curve per alpha (0 is uniform),
+    mean +- std over seeds of each cell's best-validation run (the paper's Fig. 3a/3d)."""
+    fig, ax = _axes(ax)
+    for alpha, points in _by_alpha(rows, metric).items():
+        params, mean, std = (np.array(v) for v in zip(*points))
+        label = "uniform (alpha = 0)" if alpha == 0 else f"MD, alpha = {alpha:g}"
+        style = dict(color="black", linestyle="--", marker="s") if alpha == 0 else dict(marker="o")
+        ax.errorbar(params, mean, yerr=std, capsize=3, label=label, **style)
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short log ranges
+    ax.set_xlabel("parameters (embeddings with projections, biases, MLP)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def alpha_ablation(rows, axes=None, title: str | None = None):
+    """Train and test MSE on the most popular and the rarest third of items against alpha
+    (the paper's Fig. 3c/3f), mean +- std over seeds of each cell's best-validation run."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    else:
+        fig = axes[0].figure
+    chosen = select(rows)
+    alphas = sorted({r["alpha"] for r in chosen})
+    for ax, third in zip(axes, ("popular", "rare")):
+        for split, style in (("train", "-o"), ("test", "--s")):
+            metric = f"{split}_mse_{third}"
+            mean = [np.mean([r[metric] for r in chosen if r["alpha"] == a]) for a in alphas]
+            std = [np.std([r[metric] for r in chosen if r["alpha"] == a]) for a in alphas]
+            ax.errorbar(alphas, mean, yerr=std, fmt=style, capsize=3, label=f"{split}")
+        ax.set_xlabel("alpha (temperature)")
+        ax.set_ylabel("MSE")
+        ax.set_title(f"{'most popular' if third == 'popular' else 'rarest'} third of items")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def block_dims(spec, ax=None, label: str = ""):
+    """Dimension of each block, with the block's row count on the bars."""
+    fig, ax = _axes(ax, (6.0, 3.5))
+    blocks = np.arange(spec.n_blocks)
+    bars = ax.bar(blocks, spec.dims, color="tab:blue", alpha=0.8)
+    for bar, size in zip(bars, spec.sizes):
+        ax.annotate(f"{size:,}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    fontsize=8)
+    ax.axhline(spec.base_dim, color="gray", linestyle=":", label=f"base dim {spec.base_dim}")
+    ax.set_xlabel("block (most popular first); numbers: rows")
+    ax.set_ylabel("dimension")
+    ax.set_xticks(blocks)
+    ax.legend()
+    if label:
+        ax.set_title(label)
+    return fig
+
+
+def frequency_curve(counts: Sequence[float], blocking=None, ax=None, label: str = ""):
+    """Row frequencies sorted most frequent first (log y), with the blocks' boundaries."""
+    fig, ax = _axes(ax, (6.0, 3.5))
+    counts = np.sort(np.asarray(counts, dtype=float))[::-1]
+    ax.plot(np.arange(1, len(counts) + 1), np.maximum(counts, 0.5), color="tab:blue")
+    if blocking is not None:
+        for bound in np.cumsum(blocking.sizes)[:-1]:
+            ax.axvline(bound + 0.5, color="tab:red", alpha=0.5, linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("rank (most frequent first)")
+    ax.set_ylabel("training frequency")
+    if label:
+        ax.set_title(label)
+    return fig
+
+
+def save(fig, path) -> list[Path]:
+    """Write ``fig`` as ``path.png`` and ``path.pdf`` (atomically); returns the two paths."""
+    path = Path(path)
+    written = []
+    for suffix in (".png", ".pdf"):
+        target = path.with_suffix(suffix)
+        buffer = stdio.BytesIO()
+        fig.savefig(buffer, format=suffix[1:], dpi=150, bbox_inches="tight")
+        with io.atomic_write(target, "wb") as f:
+            f.write(buffer.getvalue())
+        written.append(target)
+    return written

@@ -1,0 +1,356 @@
+"""Equal-budget experiments: uniform against mixed dimensions at exactly matched parameter counts.
+
+One *cell* is (budget, alpha, seed). Alpha 0 is the uniform baseline: one table
+per side of the largest dimension that fits the budget. Alpha > 0 is an MD model
+(frequency equipartition into ``blocks`` blocks, popularity-based dimensions
+solved by :func:`mdcf.sizing.solve_budget`) whose *total* parameter count,
+projections, biases and MLP included, lies within 1% below the same budget.
+Every cell trains each point of the same small grid of regularisation
+strengths (and learning rates) with early stopping on a validation split
+carved from the training data, so no configuration wins by being better
+tuned; the grid point with the best validation MSE is the cell's result.
+
+Results go to a CSV with one row per training run, appended atomically as runs
+finish; a rerun skips the runs already there, so a killed sweep loses at most
+the run in flight. :func:`select` picks each cell's best-validation run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as stdio
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import data, embedding, io, models, sizing, train
+
+__all__ = [
+    "COLUMNS",
+    "SweepConfig",
+    "fast_mode",
+    "load_dataset",
+    "natural_budgets",
+    "model_for_budget",
+    "run_sweep",
+    "read_results",
+    "select",
+    "summary_table",
+    "ablation_budget",
+]
+
+COLUMNS = (
+    "dataset", "model", "budget", "params", "alpha", "blocks", "base_dim", "user_dims", "item_dims", "seed",
+    "l2", "learning_rate", "train_mse", "train_mse_popular", "train_mse_rare", "val_mse", "test_mse",
+    "test_mse_popular", "test_mse_rare", "test_rmse", "epochs", "best_epoch", "seconds", "status",
+)
+_KEY = ("dataset", "model", "budget", "alpha", "blocks", "seed", "l2", "learning_rate")
+
+# The paper's ablation used 2**21 parameters on MovieLens ("ml-latest", about 283k users
+# and 54k movies); the ablation keeps its parameters per embedding row.
+PAPER_ABLATION_BUDGET = 2**21
+PAPER_ABLATION_ROWS = 283_228 + 53_889
+
+
+def fast_mode() -> bool:
+    """True when ``$MDCF_FAST`` is set (tests and notebooks use it to shrink runs)."""
+    return os.environ.get("MDCF_FAST", "") not in ("", "0", "false", "False")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that defines a sweep (saved as ``config.json`` beside the results).
+
+    Attributes:
+      dataset: a :data:`mdcf.data.MOVIELENS` name, a ratings file path, or ``"synthetic"``.
+      model: a model kind (:data:`mdcf.models.KINDS`).
+      budgets: total parameter budgets; empty means the natural budgets of ``dims``.
+      dims: uniform dimensions whose model sizes are the natural budgets.
+      alphas: temperatures; 0 is the uniform baseline.
+      blocks: blocks per table for MD models.
+      base_dims: candidate MD base dimensions, tried largest first.
+      seeds: split and initialisation seeds.
+      l2_grid, learning_rates: the tuning grid every cell trains.
+      epochs, patience, batch_size: ``fit`` settings.
+      test_fraction, val_fraction: random test split, and validation carved from train.
+      synthetic: generator arguments for ``dataset="synthetic"``.
+    """
+
+    dataset: str = "ml-100k"
+    model: str = "mf"
+    budgets: tuple[int, ...] = ()
+    dims: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    alphas: tuple[float, ...] = (0.0, 0.2, 0.4)
+    blocks: int = 8
+    base_dims: tuple[int, ...] = (64, 32, 16, 8, 4, 2)
+    seeds: tuple[int, ...] = (0,)
+    l2_grid: tuple[float, ...] = (0.05, 0.1, 0.2)
+    learning_rates: tuple[float, ...] = (3e-3,)
+    epochs: int = 100
+    patience: int = 5
+    batch_size: int = 1024
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1
+    synthetic: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def load_dataset(name: str, synthetic: dict | None = None, data_dir=None):
+    """A MovieLens name, a ratings file, or ``"synthetic"`` (MovieLens-20M-like popularity)."""
+    if name in data.MOVIELENS:
+        return data.load_movielens(name, data_dir=data_dir)
+    if name == "synthetic":
+        kwargs = dict(n_users=138_493, n_items=26_744, n_ratings=2_000_000, rank=32, user_zipf=0.8,
+                      item_zipf=1.0, spectrum_decay=1.0, noise=0.8, seed=0)
+        kwargs.update(synthetic or {})
+        return data.synthetic(**kwargs)[0]
+    if Path(name).is_file():
+        return data.read_ratings(name)
+    raise ValueError(f"dataset must be a MovieLens name ({', '.join(data.MOVIELENS)}), a ratings file, or "
+                     f"'synthetic'; got {name!r}")
+
+
+def natural_budgets(train, kind: str, dims: Iterable[int], **model_kwargs) -> list[int]:
+    """Total parameters of the uniform ``kind`` model at each dimension in ``dims``."""
+    return [models.num_params(models.build_model(train, kind, dim=d, **model_kwargs).config) for d in dims]
+
+
+def _uniform_for_budget(train, kind: str, budget: int, **model_kwargs):
+    """The largest uniform model whose total parameter count is at most ``budget`` (binary search on d)."""
+    def size(d):
+        return models.num_params(models.build_model(train, kind, dim=d, **model_kwargs).config)
+
+    if size(1) > budget:
+        return None
+    low, high = 1, 2
+    while size(high) <= budget:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if size(middle) <= budget else (low, middle)
+    return models.build_model(train, kind, dim=low, **model_kwargs)
+
+
+def model_for_budget(train, kind: str, budget: int, alpha: float, blocks: int, base_dims: Sequence[int],
+                     tolerance: float = 0.01, **model_kwargs):
+    """A model of ``kind`` whose exact total parameter count lies in ``[(1 - tolerance) budget, budget]``.
+
+    Alpha 0: the largest uniform model within the budget. Alpha > 0: MD
+    embeddings, with the embedding budget left after biases, MLP and output
+    layers split between users and items by row count, and the first base
+    dimension in ``base_dims`` (largest first) for which
+    :func:`mdcf.sizing.solve_budget` finds dimensions.
+
+    Returns:
+      ``(model, reason)``: the model, or None and why no model fits.
+    """
+    if alpha == 0:
+        model = _uniform_for_budget(train, kind, budget, **model_kwargs)
+        if model is None:
+            return None, f"budget {budget:,} is below the smallest uniform model"
+        return model, ""
+    reasons = []
+    n_users, n_items = train.n_users, train.n_items
+    for d0 in sorted(base_dims, reverse=True):
+        probe = models.build_model(train, kind, dim=d0, **model_kwargs).config
+        sets = len(probe.embeddings) // 2
+        non_embedding = models.num_params(probe) - sets * (n_users + n_items) * d0
+        per_set = (budget - non_embedding) // sets
+        if per_set <= 0:
+            reasons.append(f"d0={d0}: no budget left for embeddings")
+            continue
+        try:
+            model = models.build_model(
+                train, kind, dim=d0, alpha=alpha, blocks=blocks,
+                user_budget=per_set * n_users // (n_users + n_items),
+                item_budget=per_set * n_items // (n_users + n_items), **model_kwargs)
+        except ValueError as err:
+            reasons.append(f"d0={d0}: {str(err).split(':')[0]}")
+            continue
+        total = models.num_params(model.config)
+        if (1 - tolerance) * budget <= total <= budget:
+            return model, ""
+        reasons.append(f"d0={d0}: total {total:,}")
+    return None, "; ".join(reasons)
+
+
+def read_results(path) -> list[dict]:
+    """The rows of a results CSV (numbers as floats/ints)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ValueError(f"{path}: columns {reader.fieldnames} do not match this version's {list(COLUMNS)}; "
+                             "use another output folder")
+        rows = []
+        for number, row in enumerate(reader, start=2):
+            try:
+                for name in ("budget", "params", "blocks", "base_dim", "seed", "epochs", "best_epoch"):
+                    row[name] = int(float(row[name])) if row[name] != "" else None
+                for name in COLUMNS:
+                    if name not in ("dataset", "model", "user_dims", "item_dims", "status") and isinstance(row[name], str):
+                        row[name] = float(row[name]) if row[name] != "" else math.nan
+            except ValueError as err:
+                raise ValueError(f"{path}, line {number}: unreadable row ({err})") from None
+            rows.append(row)
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    """Append one row atomically: the whole file is rewritten to a temporary and renamed."""
+    existing = path.read_text() if path.is_file() else ""
+    buffer = stdio.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    if not existing:
+        writer.writeheader()
+    writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    with io.atomic_write(path, "w") as f:
+        f.write(existing + buffer.getvalue())
+
+
+def _key(row: dict) -> tuple:
+    return tuple(str(row[k]) if k in ("dataset", "model") else float(row[k]) for k in _KEY)
+
+
+def _dims(spec: embedding.MDSpec) -> str:
+    return "-".join(str(d) for d in spec.dims)
+
+
+def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = True, log=print) -> list[dict]:
+    """Run (or resume) a sweep; returns all result rows, including earlier ones.
+
+    Writes ``config.json`` and ``results.csv`` in ``out_dir``. A rerun with the
+    same folder skips finished runs; a different configuration in the same
+    folder is refused.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / "config.json"
+    if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(config.to_json()):
+        raise ValueError(f"{config_path} holds a different sweep configuration; use another output folder")
+    with io.atomic_write(config_path, "w") as f:
+        f.write(config.to_json())
+    results_path = out_dir / "results.csv"
+    done = {_key(r) for r in read_results(results_path)}
+    if ratings is None:
+        ratings = load_dataset(config.dataset, config.synthetic)
+    model_kwargs: dict = {}
+    bar = None
+    total_runs = len(config.seeds) * (len(config.budgets) or len(config.dims)) * len(config.alphas) * \
+        len(config.l2_grid) * len(config.learning_rates)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_runs, desc=f"sweep {config.dataset} {config.model}", unit="run")
+    try:
+        for seed in config.seeds:
+            train_all, test = data.split(ratings, "random", config.test_fraction, seed=seed)
+            fit_part, val = data.split(train_all, "random", config.val_fraction, seed=seed + 1)
+            budgets = list(config.budgets) or natural_budgets(fit_part, config.model, config.dims, **model_kwargs)
+            for budget in budgets:
+                for alpha in config.alphas:
+                    base = {"dataset": config.dataset, "model": config.model, "budget": int(budget),
+                            "alpha": float(alpha), "blocks": config.blocks, "seed": seed}
+                    grid = [(l2, lr) for l2 in config.l2_grid for lr in config.learning_rates]
+                    todo = [(l2, lr) for l2, lr in grid if _key({**base, "l2": l2, "learning_rate": lr}) not in done]
+                    if bar is not None:
+                        bar.update(len(grid) - len(todo))
+                    if not todo:
+                        continue
+                    model, reason = model_for_budget(fit_part, config.model, budget, alpha, config.blocks,
+                                                     config.base_dims, **model_kwargs)
+                    for l2, lr in todo:
+                        row = {**base, "l2": l2, "learning_rate": lr}
+                        if model is None:
+                            row.update(status=f"infeasible: {reason}"[:300])
+                        else:
+                            row.update(_train_one(model, fit_part, val, test, config, seed, l2, lr))
+                        _append(results_path, row)
+                        done.add(_key(row))
+                        if bar is not None:
+                            bar.update(1)
+                            if "test_mse" in row:
+                                bar.set_postfix(budget=budget, alpha=alpha, test_mse=round(row["test_mse"], 4))
+    finally:
+        if bar is not None:
+            bar.close()
+    return read_results(results_path)
+
+
+def _train_one(model, fit_part, val, test, config: SweepConfig, seed: int, l2: float, lr: float) -> dict:
+    started = time.perf_counter()
+    result = train.fit(model, fit_part, val, epochs=config.epochs, batch_size=config.batch_size,
+                       learning_rate=lr, l2=l2, patience=config.patience, seed=seed, progress=False)
+    on_train = train.evaluate(model, result.params, fit_part)
+    on_val = train.evaluate(model, result.params, val)
+    on_test = train.evaluate(model, result.params, test)
+    return {
+        "params": models.num_params(model.config),
+        "base_dim": model.config.user.base_dim,
+        "user_dims": _dims(model.config.user),
+        "item_dims": _dims(model.config.item),
+        "train_mse": on_train["mse"],
+        "train_mse_popular": on_train["mse_popular"],
+        "train_mse_rare": on_train["mse_rare"],
+        "val_mse": on_val["mse"],
+        "test_mse": on_test["mse"],
+        "test_mse_popular": on_test["mse_popular"],
+        "test_mse_rare": on_test["mse_rare"],
+        "test_rmse": on_test["rmse"],
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "seconds": round(time.perf_counter() - started, 2),
+        "status": "ok",
+    }
+
+
+def select(rows: list[dict]) -> list[dict]:
+    """Each cell's run with the best validation MSE (cells: dataset, model, budget, alpha, blocks, seed)."""
+    best: dict[tuple, dict] = {}
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        cell = tuple(row[k] for k in ("dataset", "model", "budget", "alpha", "blocks", "seed"))
+        if cell not in best or row["val_mse"] < best[cell]["val_mse"]:
+            best[cell] = row
+    return list(best.values())
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Per budget: uniform against the best MD alpha (chosen on validation), mean over seeds."""
+    chosen = select(rows)
+    lines = [f"{'budget':>10} | {'uniform params':>14} {'test MSE':>9} | {'best MD alpha':>13} {'MD params':>10} "
+             f"{'test MSE':>9} {'(val MSE)':>9} | {'MD - uniform':>12}"]
+    for budget in sorted({r["budget"] for r in rows}):
+        cells = [r for r in chosen if r["budget"] == budget]
+        by_alpha: dict[float, list[dict]] = {}
+        for r in cells:
+            by_alpha.setdefault(r["alpha"], []).append(r)
+        uniform = by_alpha.get(0.0)
+        md = {a: rs for a, rs in by_alpha.items() if a > 0}
+        mean = lambda rs, k: float(np.mean([r[k] for r in rs]))  # noqa: E731
+        u_text = f"{int(mean(uniform, 'params')):>14,} {mean(uniform, 'test_mse'):>9.4f}" if uniform else f"{'-':>14} {'-':>9}"
+        if md:
+            alpha = min(md, key=lambda a: mean(md[a], "val_mse"))
+            m_text = (f"{alpha:>13g} {int(mean(md[alpha], 'params')):>10,} {mean(md[alpha], 'test_mse'):>9.4f} "
+                      f"{mean(md[alpha], 'val_mse'):>9.4f}")
+            diff = f"{mean(md[alpha], 'test_mse') - mean(uniform, 'test_mse'):>+12.4f}" if uniform else f"{'-':>12}"
+        else:
+            m_text, diff = f"{'-':>13} {'-':>10} {'-':>9} {'-':>9}", f"{'-':>12}"
+        lines.append(f"{budget:>10,} | {u_text} | {m_text} | {diff}")
+    return "\n".join(lines)
+
+
+def ablation_budget(n_rows: int) -> int:
+    """The paper's 2**21-parameter ablation budget, scaled to keep its parameters per embedding row."""
+    return int(round(PAPER_ABLATION_BUDGET * n_rows / PAPER_ABLATION_ROWS))

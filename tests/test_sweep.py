@@ -1,0 +1,111 @@
+"""Equal-budget sweeps: exact budgets, one tuning protocol, resumable atomic results, plots, scripts."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdcf import data, models, plots, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ratings():
+    return data.synthetic(1_500, 800, 12_000, rank=4, noise=0.5, seed=0)[0]
+
+
+def small_config(**overrides):
+    settings = dict(dataset="synthetic", model="mf", dims=(4, 8), alphas=(0.0, 0.5), blocks=3, l2_grid=(0.05, 0.2),
+                    epochs=3, patience=2, batch_size=512, base_dims=(32, 24, 16))
+    settings.update(overrides)
+    return sweep.SweepConfig(**settings)
+
+
+@pytest.mark.parametrize("kind", ["mf", "neumf"])
+def test_models_for_a_budget_are_within_one_percent(kind):
+    ratings = data.synthetic(2_000, 1_000, 20_000, rank=4, seed=1)[0]
+    budgets = sweep.natural_budgets(ratings, kind, (4, 12), layers=(8, 4))
+    for budget in budgets:
+        uniform, _ = sweep.model_for_budget(ratings, kind, budget, 0.0, 3, (16, 8), layers=(8, 4))
+        assert models.num_params(uniform.config) == budget  # natural budgets are met exactly
+        md, reason = sweep.model_for_budget(ratings, kind, budget, 0.5, 3, (32, 16, 8), layers=(8, 4))
+        assert md is not None, reason
+        assert 0.99 * budget <= models.num_params(md.config) <= budget
+        assert md.config.user.n_blocks == 3 and md.config.item.n_blocks == 3
+
+
+def test_sweep_rows_resume_and_selection(ratings, tmp_path):
+    config = small_config()
+    rows = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False)
+    assert len(rows) == 2 * 2 * 2  # budgets x alphas x l2 grid
+    assert all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        assert 0.99 * r["budget"] <= r["params"] <= r["budget"]
+        assert r["val_mse"] > 0 and r["test_mse"] > 0
+    with open(tmp_path / "results.csv") as f:
+        assert list(next(csv.reader(f))) == list(sweep.COLUMNS)
+    # A rerun skips finished runs; a lost row is redone.
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    (tmp_path / "results.csv").write_text("\n".join(lines[:-1]) + "\n")
+    again = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False)
+    assert len(again) == len(rows)
+    assert [r["seconds"] for r in again[:-1]] == [r["seconds"] for r in rows[:-1]]
+    chosen = sweep.select(again)
+    assert len(chosen) == 4
+    for cell in chosen:
+        peers = [r for r in again if r["budget"] == cell["budget"] and r["alpha"] == cell["alpha"]]
+        assert cell["val_mse"] == min(r["val_mse"] for r in peers)  # chosen on validation, never on test
+    table = sweep.summary_table(again)
+    assert "best MD alpha" in table and len(table.splitlines()) == 3
+    with pytest.raises(ValueError, match="different sweep configuration"):
+        sweep.run_sweep(small_config(l2_grid=(0.1,)), tmp_path, ratings=ratings, progress=False)
+
+
+def test_infeasible_cells_are_recorded(ratings, tmp_path):
+    rows = sweep.run_sweep(small_config(dims=(1,), alphas=(0.5,), blocks=3, base_dims=(64,), l2_grid=(0.1,)),
+                           tmp_path, ratings=ratings, progress=False)
+    assert len(rows) == 1 and rows[0]["status"].startswith("infeasible")
+
+
+def test_results_with_foreign_columns_are_refused(tmp_path):
+    (tmp_path / "results.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="do not match"):
+        sweep.read_results(tmp_path / "results.csv")
+
+
+def test_plots_write_png_and_pdf(ratings, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = sweep.run_sweep(small_config(), tmp_path, ratings=ratings, progress=False)
+    for name, figure in (("curves", plots.budget_curves(rows)), ("ablation", plots.alpha_ablation(rows))):
+        png, pdf = plots.save(figure, tmp_path / name)
+        assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:4] == b"%PDF"
+    model = models.build_model(ratings, "mf", dim=8, alpha=0.5, blocks=3)
+    from mdcf import blocking
+
+    plots.save(plots.block_dims(model.config.item), tmp_path / "dims")
+    plots.save(plots.frequency_curve(ratings.item_counts(), blocking.equipartition(ratings.item_counts(), 3)),
+               tmp_path / "freq")
+    assert (tmp_path / "freq.png").is_file()
+
+
+def test_ablation_budget_keeps_parameters_per_row():
+    assert sweep.ablation_budget(sweep.PAPER_ABLATION_ROWS) == 2**21
+    assert sweep.ablation_budget(2625) == round(2**21 * 2625 / sweep.PAPER_ABLATION_ROWS)
+
+
+@pytest.mark.parametrize("script", ["budget_sweep.py", "alpha_ablation.py"])
+def test_experiment_scripts_run_end_to_end_in_fast_mode(script, ml100k_dir, tmp_path):
+    env = {"MDCF_FAST": "1", "MDCF_DATA_DIR": str(ml100k_dir), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "HOME": str(tmp_path)}
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "plot:" in done.stdout and (out / "results.csv").is_file() and (out / "config.json").is_file()
+    assert len(list(out.glob("*.png"))) == 1 and len(list(out.glob("*.pdf"))) == 1
