@@ -19,15 +19,12 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
-
-import numpy as np
 
 
 def _child(code: str, *args: str) -> dict:

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from . import data, embedding, io, models, sizing, train
+from . import data, embedding, io, models, train
 
 __all__ = [
     "COLUMNS",

@@ -387,11 +387,16 @@ def _route(spec: MDSpec, ids: jax.Array, capacities) -> embedding.Routing:
     return embedding.route(spec, ids, capacities)
 
 
-def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, capacities, l2):
-    """Loss and gradients with respect to gathered rows (per table) and dense params."""
+def _batch_routing(config: ModelConfig, users, items, weights, capacities) -> dict:
+    """Routing of the user and item ids of a batch; padding (weight 0) gets no slot."""
     ids = {"user": jnp.where(weights > 0, users, -1), "item": jnp.where(weights > 0, items, -1)}
     specs = {"user": config.user, "item": config.item}
-    routing = {side: _route(specs[side], ids[side], capacities[side]) for side in ("user", "item")}
+    return {side: _route(specs[side], ids[side], capacities[side]) for side in ("user", "item")}
+
+
+def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, routing, l2):
+    """Loss and gradients with respect to gathered rows (per table) and dense params."""
+    ids = {"user": jnp.where(weights > 0, users, -1), "item": jnp.where(weights > 0, items, -1)}
     gathered = {}
     for name, side, _ in config.embeddings:
         gathered[name] = tuple(
@@ -421,12 +426,11 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, c
 
     (loss, mse), (row_grads, dense_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         gathered, params["dense"])
-    fits = jnp.logical_and(routing["user"].fits, routing["item"].fits)
     row_ids = {name: routing[side].rows for name, side, _ in config.embeddings}
     if config.biases:
         row_ids["user_bias"] = jnp.where(ids["user"] >= 0, ids["user"], config.user.n_rows)
         row_ids["item_bias"] = jnp.where(ids["item"] >= 0, ids["item"], config.item.n_rows)
-    return loss, mse, row_ids, row_grads, dense_grads, fits
+    return loss, mse, row_ids, row_grads, dense_grads
 
 
 def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
@@ -449,12 +453,12 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
         dense = optax.apply_updates(state.params["dense"], updates)
         return TrainState({"tables": tables, "dense": dense}, dense_state, row_state, step)
 
-    def main(state, users, items, ratings, weights):
-        loss, mse, row_ids, row_grads, dense_grads, _ = _sparse_grads(
-            config, state.params, users, items, ratings, weights, capacities(users.shape[0]), l2)
+    def main(state, routing, users, items, ratings, weights):
+        loss, mse, row_ids, row_grads, dense_grads = _sparse_grads(
+            config, state.params, users, items, ratings, weights, routing, l2)
         return apply_updates(state, row_ids, row_grads, dense_grads), loss, mse
 
-    def chunked(state, users, items, ratings, weights):
+    def chunked(state, routing, users, items, ratings, weights):
         # Exact for any batch: chunks small enough that no block can overflow; the
         # chunks' row gradients are concatenated and combined, dense ones summed.
         batch = users.shape[0]
@@ -472,9 +476,9 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
             u, i, r, w = args
             # Each chunk's loss is scaled to its share of the batch's total weight.
             share = jnp.maximum(jnp.sum(w), 1.0) / total
-            loss, mse, row_ids, row_grads, dense_grads, _ = _sparse_grads(
-                config, state.params, u, i, r, w, {"user": (size,) * config.user.n_blocks,
-                                                   "item": (size,) * config.item.n_blocks}, l2)
+            chunk_caps = {"user": (size,) * config.user.n_blocks, "item": (size,) * config.item.n_blocks}
+            loss, mse, row_ids, row_grads, dense_grads = _sparse_grads(
+                config, state.params, u, i, r, w, _batch_routing(config, u, i, w, chunk_caps), l2)
             scale = lambda tree: jax.tree.map(lambda g: g * share, tree)  # noqa: E731
             return loss * share, mse * share, row_ids, scale(row_grads), scale(dense_grads)
 
@@ -486,15 +490,12 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
 
     def step(state: TrainState, batch):
         users, items, ratings, weights = _batch_parts(batch)
-        caps = capacities(users.shape[0])
+        routing = _batch_routing(config, users, items, weights, capacities(users.shape[0]))
         if config.user.n_blocks == 1 and config.item.n_blocks == 1:
-            new_state, loss, mse = main(state, users, items, ratings, weights)
+            new_state, loss, mse = main(state, routing, users, items, ratings, weights)
         else:
-            fits = jnp.logical_and(
-                _route(config.user, jnp.where(weights > 0, users, -1), caps["user"]).fits,
-                _route(config.item, jnp.where(weights > 0, items, -1), caps["item"]).fits,
-            )
-            new_state, loss, mse = jax.lax.cond(fits, main, chunked, state, users, items, ratings, weights)
+            fits = jnp.logical_and(routing["user"].fits, routing["item"].fits)
+            new_state, loss, mse = jax.lax.cond(fits, main, chunked, state, routing, users, items, ratings, weights)
         return new_state, {"loss": loss, "mse": mse}
 
     return step

@@ -1,11 +1,8 @@
 """Training: row-sparse against dense updates, exactness, determinism, resuming, fit, predict."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from mdcf import data, embedding, io, models, train

@@ -27,8 +27,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .. import io as mdcf_io
 from .ratings import Ratings
 from .readers import read_ratings
@@ -476,7 +474,7 @@ def load_movielens(
         except DatasetUnavailableError as err:
             if info.name != "ml-100k" or not download:
                 raise
-            _say(verbose, f"ml-100k: GroupLens unreachable; trying the copy in the RecBole 1.2.1 wheel "
+            _say(verbose, "ml-100k: GroupLens unreachable; trying the copy in the RecBole 1.2.1 wheel "
                           "on the package index")
             try:
                 path = _fetch_ml100k_from_package_index(root, verbose)
