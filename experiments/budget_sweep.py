@@ -1,6 +1,6 @@
 """Uniform against mixed-dimension embeddings at exactly equal parameter budgets.
 
-For each budget (by default the sizes of the uniform model at d = 1, 2, 4, 8, 16, 32)
+For each budget (by default the sizes of the uniform model at d = 2, 4, 8, 16, 32, 64)
 and each alpha (0 is uniform), trains the model at a total parameter count
 within 1% below the budget, tunes the same l2 grid on a validation split carved
 from the training data, and reports each cell's best-validation run. Writes

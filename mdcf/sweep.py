@@ -71,10 +71,11 @@ class SweepConfig:
       dataset: a :data:`mdcf.data.MOVIELENS` name, a ratings file path, or ``"synthetic"``.
       model: a model kind (:data:`mdcf.models.KINDS`).
       budgets: total parameter budgets; empty means the natural budgets of ``dims``.
-      dims: uniform dimensions whose model sizes are the natural budgets.
+      dims: uniform dimensions whose model sizes are the natural budgets (d = 1 is
+        left out by default: no MD layer with projections fits a one-dimension budget).
       alphas: temperatures; 0 is the uniform baseline.
       blocks: blocks per table for MD models.
-      base_dims: candidate MD base dimensions, tried largest first.
+      base_dims: candidate MD base dimensions (see :func:`model_for_budget`).
       seeds: split and initialisation seeds.
       l2_grid, learning_rates: the tuning grid every cell trains.
       epochs, patience, batch_size: ``fit`` settings.
@@ -85,10 +86,10 @@ class SweepConfig:
     dataset: str = "ml-100k"
     model: str = "mf"
     budgets: tuple[int, ...] = ()
-    dims: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    dims: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
     alphas: tuple[float, ...] = (0.0, 0.2, 0.4)
     blocks: int = 8
-    base_dims: tuple[int, ...] = (64, 32, 16, 8, 4, 2)
+    base_dims: tuple[int, ...] = (128, 64, 32, 16, 8, 4, 2)
     seeds: tuple[int, ...] = (0,)
     l2_grid: tuple[float, ...] = (0.05, 0.1, 0.2)
     learning_rates: tuple[float, ...] = (3e-3,)
@@ -145,9 +146,10 @@ def model_for_budget(train, kind: str, budget: int, alpha: float, blocks: int, b
 
     Alpha 0: the largest uniform model within the budget. Alpha > 0: MD
     embeddings, with the embedding budget left after biases, MLP and output
-    layers split between users and items by row count, and the first base
-    dimension in ``base_dims`` (largest first) for which
-    :func:`mdcf.sizing.solve_budget` finds dimensions.
+    layers split between users and items by row count, and the smallest base
+    dimension in ``base_dims`` that does not cap the popularity rule (every
+    block's dimension below it), else the largest that fits: a larger base
+    dimension would only spend parameters on projections (and MLP inputs).
 
     Returns:
       ``(model, reason)``: the model, or None and why no model fits.
@@ -159,7 +161,8 @@ def model_for_budget(train, kind: str, budget: int, alpha: float, blocks: int, b
         return model, ""
     reasons = []
     n_users, n_items = train.n_users, train.n_items
-    for d0 in sorted(base_dims, reverse=True):
+    fallback = None
+    for d0 in sorted(base_dims):
         probe = models.build_model(train, kind, dim=d0, **model_kwargs).config
         sets = len(probe.embeddings) // 2
         non_embedding = models.num_params(probe) - sets * (n_users + n_items) * d0
@@ -176,9 +179,14 @@ def model_for_budget(train, kind: str, budget: int, alpha: float, blocks: int, b
             reasons.append(f"d0={d0}: {str(err).split(':')[0]}")
             continue
         total = models.num_params(model.config)
-        if (1 - tolerance) * budget <= total <= budget:
-            return model, ""
-        reasons.append(f"d0={d0}: total {total:,}")
+        if not (1 - tolerance) * budget <= total <= budget:
+            reasons.append(f"d0={d0}: total {total:,}")
+            continue
+        fallback = model
+        if max(model.config.user.dims) < d0 and max(model.config.item.dims) < d0:
+            return model, ""  # the smallest base dimension that does not cap the rule
+    if fallback is not None:
+        return fallback, ""
     return None, "; ".join(reasons)
 
 
