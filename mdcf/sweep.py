@@ -42,6 +42,7 @@ __all__ = [
     "read_results",
     "select",
     "summary_table",
+    "claim_check",
     "ablation_budget",
 ]
 
@@ -356,6 +357,41 @@ def summary_table(rows: list[dict]) -> str:
         else:
             m_text, diff = f"{'-':>13} {'-':>10} {'-':>9} {'-':>9}", f"{'-':>12}"
         lines.append(f"{budget:>10,} | {u_text} | {m_text} | {diff}")
+    return "\n".join(lines)
+
+
+def _cells_by(rows, alpha_filter):
+    chosen = select(rows)
+    out: dict[tuple[int, float], list[dict]] = {}
+    for r in chosen:
+        if alpha_filter(r["alpha"]):
+            out.setdefault((r["budget"], r["alpha"]), []).append(r)
+    return out
+
+
+def claim_check(rows: list[dict]) -> str:
+    """The paper's claim, tested on these results: does MD at a budget match or beat
+    uniform at larger budgets (up to 8x)? Mean +- std over seeds of each cell's
+    best-validation run; 'matches' means the MD mean is at most the uniform mean."""
+    uniform = {b: rs for (b, a), rs in _cells_by(rows, lambda a: a == 0).items()}
+    md = _cells_by(rows, lambda a: a > 0)
+    mean = lambda rs: float(np.mean([r["test_mse"] for r in rs]))  # noqa: E731
+    std = lambda rs: float(np.std([r["test_mse"] for r in rs]))  # noqa: E731
+    lines = []
+    for budget in sorted(uniform):
+        cells = {a: rs for (b, a), rs in md.items() if b == budget}
+        if not cells:
+            lines.append(f"budget {budget:>9,}: no MD model fits")
+            continue
+        alpha = min(cells, key=lambda a: float(np.mean([r["val_mse"] for r in cells[a]])))
+        best = cells[alpha]
+        ratios = [b / budget for b in uniform if b > budget and b <= 8.5 * budget and mean(best) <= mean(uniform[b])]
+        verdict = (f"matches or beats uniform at up to {max(ratios):.1f}x the parameters" if ratios
+                   else "does not match uniform at any larger budget")
+        lines.append(
+            f"budget {budget:>9,}: uniform {mean(uniform[budget]):.4f} +- {std(uniform[budget]):.4f}, "
+            f"MD alpha {alpha:g} {mean(best):.4f} +- {std(best):.4f} ({mean(best) - mean(uniform[budget]):+.4f}); "
+            f"MD {verdict}")
     return "\n".join(lines)
 
 
