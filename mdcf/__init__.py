@@ -9,13 +9,15 @@ Submodules:
 * :mod:`mdcf.models`: MF, GMF, MLP and NeuMF rating models;
 * :mod:`mdcf.train`: optimisers with row-sparse updates, train steps, ``fit``, ``evaluate``, ``predict``;
 * :mod:`mdcf.metrics`: rating metrics;
+* :mod:`mdcf.sharding`: data- and row-parallel training on device meshes;
 * :mod:`mdcf.sweep`: equal-budget experiments (uniform against MD);
 * :mod:`mdcf.plots`: the paper's figures (matplotlib, imported on demand);
 * :mod:`mdcf.io`: atomic files, checksummed arrays, checkpoints.
 """
 
-from . import blocking, data, embedding, io, metrics, models, sizing, sweep, train
+from . import blocking, data, embedding, io, metrics, models, sharding, sizing, sweep, train
 
 __version__ = "0.1.0"
 
-__all__ = ["blocking", "data", "embedding", "io", "metrics", "models", "sizing", "sweep", "train", "__version__"]
+__all__ = ["blocking", "data", "embedding", "io", "metrics", "models", "sharding", "sizing", "sweep", "train",
+           "__version__"]

@@ -497,7 +497,8 @@ def materialize(params: MDParams, spec: MDSpec) -> jax.Array:
     Useful for inference (one gather per lookup) and for inspection.
     """
     blocks = [
-        table if projection is None else table @ projection
-        for table, projection in zip(params.tables, params.projections)
+        # [:size]: tables padded for row sharding (mdcf.sharding) carry unused rows at the end.
+        table[:size] if projection is None else table[:size] @ projection
+        for table, projection, size in zip(params.tables, params.projections, spec.sizes)
     ]
     return jnp.concatenate(blocks, axis=0)

@@ -556,7 +556,8 @@ def _predict_impl(params, users, items, *, config: ModelConfig, scale):
 _predict_jit = jax.jit(_predict_impl, static_argnames=("config", "scale"))
 
 
-def _predict_rows(model, params, users, items, batch_size=1 << 16, clip=True) -> np.ndarray:
+def _predict_rows(model, params, users, items, batch_size=1 << 14, clip=True) -> np.ndarray:
+    """Predictions in fixed-size padded chunks: one compiled shape for every call on a model."""
     config = _config(model)
     scale = tuple(model.scale) if clip and isinstance(model, Model) and model.scale is not None else None
     users = np.asarray(users, np.int32)
@@ -564,7 +565,7 @@ def _predict_rows(model, params, users, items, batch_size=1 << 16, clip=True) ->
     n = len(users)
     if n == 0:
         return np.zeros(0, np.float32)
-    batch = min(batch_size, n)
+    batch = batch_size
     out = np.empty(n, np.float32)
     for start in range(0, n, batch):
         u, i = users[start:start + batch], items[start:start + batch]
@@ -576,7 +577,7 @@ def _predict_rows(model, params, users, items, batch_size=1 << 16, clip=True) ->
     return out
 
 
-def evaluate(model: Model, params: dict, ratings, batch_size: int = 1 << 16, clip: bool = True) -> dict[str, float]:
+def evaluate(model: Model, params: dict, ratings, batch_size: int = 1 << 14, clip: bool = True) -> dict[str, float]:
     """Test metrics of a model on ratings in its code space.
 
     Returns:
@@ -590,7 +591,7 @@ def evaluate(model: Model, params: dict, ratings, batch_size: int = 1 << 16, cli
     return metrics.rating_metrics(pred, batch["ratings"], batch["items"], model.config.item.n_rows)
 
 
-def predict(model: Model, params: dict, user_ids, item_ids, clip: bool = True, batch_size: int = 1 << 16) -> np.ndarray:
+def predict(model: Model, params: dict, user_ids, item_ids, clip: bool = True, batch_size: int = 1 << 14) -> np.ndarray:
     """Predicted ratings for *original* user and item ids.
 
     Users or items the model has never seen get a documented fallback: the
@@ -679,8 +680,12 @@ def _epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     return order.reshape(n_batches, batch_size)
 
 
-def _epoch_fn(step, n: int, batch_size: int):
-    """A jitted epoch: a scan of train steps over the padded batches of ``order``."""
+def _epoch_fn(step, n: int, batch_size: int, state_sharding=None):
+    """A jitted epoch: a scan of train steps over the padded batches of ``order``.
+
+    With ``state_sharding`` (a pytree of shardings, see :mod:`mdcf.sharding`) the
+    state keeps that layout through every step.
+    """
     n_batches = -(-n // batch_size)
 
     @jax.jit
@@ -688,6 +693,8 @@ def _epoch_fn(step, n: int, batch_size: int):
         weight = (jnp.arange(n_batches * batch_size) < n).astype(jnp.float32).reshape(n_batches, batch_size)
 
         def body(state, xs):
+            if state_sharding is not None:
+                state = jax.lax.with_sharding_constraint(state, state_sharding)
             index, w = xs
             batch = {"users": data["users"][index], "items": data["items"][index],
                      "ratings": data["ratings"][index], "weights": w}
@@ -721,6 +728,9 @@ def fit(
     initial_state: TrainState | None = None,
     start_epoch: int = 0,
     checkpoint: str | None = None,
+    mesh=None,
+    data_axis: str = "data",
+    model_axis: str | None = "model",
 ) -> FitResult:
     """Train a model with epochs as jitted scans, validation and early stopping.
 
@@ -748,6 +758,12 @@ def fit(
         (gives the same result as an uninterrupted run).
       checkpoint: a path; the state is saved there atomically after every epoch,
         and a run started with an existing checkpoint resumes from it.
+      mesh: a :class:`jax.sharding.Mesh` (e.g. :func:`mdcf.sharding.make_mesh`):
+        batches are split over ``data_axis``; with a ``model_axis`` of size > 1,
+        tables and their row-wise optimiser state are split by rows over it (this
+        needs the row-sparse optimiser). ``batch_size`` must divide evenly over
+        ``data_axis``. The result is the same as on one device up to float
+        rounding.
 
     Returns:
       A :class:`FitResult`.
@@ -775,7 +791,6 @@ def fit(
         raise ValueError("fit: the training set is empty")
     batch_size = int(min(batch_size, n))
     data = {key: jnp.asarray(value) for key, value in encoded.items()}
-    run_epoch = _epoch_fn(step, n, batch_size)
     val_batch = None if validation is None else model.encode(validation)
 
     history: list[dict] = []
@@ -792,6 +807,23 @@ def fit(
             best["params"] = loaded.best_params
     if state is None:
         state = init_state(jax.random.key(seed), model, opt)
+    state_sharding = order_sharding = None
+    if mesh is not None:
+        from . import sharding as sharding_
+
+        if batch_size % mesh.shape[data_axis]:
+            raise ValueError(f"batch_size {batch_size} does not split evenly over the {mesh.shape[data_axis]} "
+                             f"devices of mesh axis {data_axis!r}")
+        row_axis = model_axis if model_axis in mesh.shape and mesh.shape[model_axis] > 1 else None
+        state = sharding_.shard_state(state, mesh, row_axis)
+        state_sharding = jax.tree.map(lambda x: x.sharding, state)
+        order_sharding = sharding_.batch_sharding(mesh, data_axis, leading_dims=1)
+        data = jax.tree.map(lambda x: jax.device_put(x, sharding_.replicated(mesh)), data)
+    run_epoch = _epoch_fn(step, n, batch_size, state_sharding)
+
+    def unpadded(value):
+        return value if mesh is None else sharding_.trim_state(value, config)
+
     if best["params"] is None and restore_best:
         best["params"] = state.params
 
@@ -809,6 +841,8 @@ def fit(
                 break
             started = time.perf_counter()
             order = next_order if next_order is not None else _epoch_order(seed, epoch, n, batch_size)
+            if order_sharding is not None:
+                order = jax.device_put(order, order_sharding)
             new_state, losses, mses, sizes = run_epoch(state, data, order)  # dispatched asynchronously
             next_order = _epoch_order(seed, epoch + 1, n, batch_size) if epoch < epochs else None
             losses = np.asarray(losses)
@@ -841,7 +875,8 @@ def fit(
                 bar.update(1)
                 bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k in ("train_loss", "val_rmse")})
             if checkpoint is not None:
-                io_.save(checkpoint, model, state, best_params=best["params"] if restore_best else None,
+                best_params = unpadded(state._replace(params=best["params"])).params if restore_best else None
+                io_.save(checkpoint, model, unpadded(state), best_params=best_params,
                          meta={"epoch": epoch, "history": history,
                                "best": {k: v for k, v in best.items() if k != "params"}})
             if any(callback(epoch, logs, state) for callback in callbacks):
@@ -856,4 +891,6 @@ def fit(
     best_epoch = history[-1]["epoch"] if history else start_epoch
     if restore_best and val_batch is not None and best["epoch"]:
         params, best_epoch = best["params"], best["epoch"]
+    state = unpadded(state)
+    params = unpadded(state._replace(params=params)).params
     return FitResult(model, params, state, history, best_epoch, stopped)

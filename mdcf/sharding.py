@@ -1,0 +1,177 @@
+"""Several devices: data- and model-parallel training on JAX's SPMD sharding.
+
+mdcf does not schedule devices itself: it places arrays with
+:class:`jax.sharding.NamedSharding` on a :class:`jax.sharding.Mesh` and lets
+the compiler partition the (unchanged) train step.
+
+* **Data parallel**: each batch is split over the mesh's ``data`` axis.
+* **Row (model) parallel**: every embedding block table, bias vector and its
+  row-wise optimiser state is split by rows over the ``model`` axis, so a
+  table too large for one device is spread over several. Rows are padded to a
+  multiple of the axis size (the padding rows are never read and stay zero).
+* Dense parameters (projections, MLP, global bias) and their optimiser state
+  are replicated.
+
+Example (4 devices: 2-way data x 2-way rows)::
+
+    mesh = mdcf.sharding.make_mesh(data=2, model=2)
+    result = mdcf.train.fit(model, train, mesh=mesh)
+
+Several hosts: call ``jax.distributed.initialize()`` (see
+:func:`initialize_distributed`) in every process before building the mesh from
+``jax.devices()``; each process then runs the same program. On one machine, CPU
+devices can be simulated with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
+(set before JAX starts).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = [
+    "make_mesh",
+    "initialize_distributed",
+    "row_padding",
+    "pad_state",
+    "trim_state",
+    "shard_state",
+    "batch_sharding",
+    "replicated",
+    "bytes_per_device",
+]
+
+
+def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
+    """A ``(data, model)`` device mesh.
+
+    Args:
+      data: devices along the batch axis (default: all devices / ``model``).
+      model: devices along the table-row axis.
+      devices: devices to use (default ``jax.devices()``).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if data is None:
+        data = len(devices) // model
+    if data * model > len(devices) or data < 1 or model < 1:
+        raise ValueError(f"a {data} x {model} mesh needs {data * model} devices; {len(devices)} are available")
+    return Mesh(np.array(devices[: data * model]).reshape(data, model), ("data", "model"))
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Join a multi-host run (a thin wrapper of ``jax.distributed.initialize``).
+
+    Call it in every process before any other JAX call; arguments left as None
+    are detected from the cluster environment (SLURM, TPU, ...). Afterwards
+    ``jax.devices()`` lists every host's devices and :func:`make_mesh` spans them.
+    """
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def row_padding(n_rows: int, shards: int) -> int:
+    """Rows to add so that ``n_rows`` splits evenly into ``shards``."""
+    return (-n_rows) % shards
+
+
+def _pad_rows(array, shards: int):
+    extra = row_padding(array.shape[0], shards)
+    if not extra:
+        return array
+    return jnp.concatenate([array, jnp.zeros((extra,) + array.shape[1:], array.dtype)])
+
+
+def _map_tables(state, fn):
+    """Apply ``fn`` to every row table and its row-wise optimiser state."""
+    from .train import TrainState
+
+    params = dict(state.params)
+    params["tables"] = jax.tree.map(fn, state.params["tables"])
+    row_state = jax.tree.map(fn, state.row_state)
+    return TrainState(params, state.dense_state, row_state, state.step)
+
+
+def pad_state(state, shards: int):
+    """Pad every row table (and row-wise optimiser state) to a multiple of ``shards`` rows."""
+    if shards == 1:
+        return state
+    if not state.row_state and _has_table_leaves(state.dense_state):
+        raise ValueError(
+            "row sharding needs the row-sparse optimiser (mdcf.train.optimizer(..., sparse=True)): "
+            "a dense optax state mirrors every table and would not be padded and sharded with it"
+        )
+    return _map_tables(state, lambda x: _pad_rows(x, shards))
+
+
+def _has_table_leaves(dense_state) -> bool:
+    return any(getattr(x, "ndim", 0) >= 1 and x.shape[0] > 1 for x in jax.tree.leaves(dense_state))
+
+
+def trim_state(state, config):
+    """Undo :func:`pad_state`: every table back to its model's row counts."""
+    sizes = {}
+    for name, side, spec in config.embeddings:
+        sizes[name] = spec.sizes
+    rows = {"user": config.user.n_rows, "item": config.item.n_rows}
+
+    def trim_tables(tables):
+        out = {}
+        for name, value in tables.items():
+            if name in sizes:  # an embedding: one entry per block
+                out[name] = tuple(
+                    jax.tree.map(lambda x, n=n: x[:n], block) for block, n in zip(value, sizes[name])
+                )
+            else:
+                n = rows[name.split("_")[0]]
+                out[name] = jax.tree.map(lambda x, n=n: x[:n], value)
+        return out
+
+    from .train import TrainState
+
+    params = dict(state.params)
+    params["tables"] = trim_tables(state.params["tables"])
+    return TrainState(params, state.dense_state, trim_tables(state.row_state) if state.row_state else {},
+                      state.step)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_state(state, mesh: Mesh, model_axis: str | None = "model"):
+    """Place a (padded) train state on ``mesh``: tables by rows over ``model_axis``, the rest replicated.
+
+    With ``model_axis=None`` (or a model axis of size 1) everything is replicated
+    (pure data parallelism).
+    """
+    shards = mesh.shape[model_axis] if model_axis else 1
+    state = pad_state(state, shards)
+    rows = NamedSharding(mesh, PartitionSpec(model_axis)) if shards > 1 else replicated(mesh)
+    tables = jax.tree.map(lambda x: jax.device_put(x, rows), state.params["tables"])
+    row_state = jax.tree.map(lambda x: jax.device_put(x, rows), state.row_state)
+    dense = jax.tree.map(lambda x: jax.device_put(x, replicated(mesh)), state.params["dense"])
+    dense_state = jax.tree.map(lambda x: jax.device_put(x, replicated(mesh)), state.dense_state)
+    from .train import TrainState
+
+    return TrainState({"tables": tables, "dense": dense}, dense_state, row_state,
+                      jax.device_put(state.step, replicated(mesh)))
+
+
+def batch_sharding(mesh: Mesh, data_axis: str = "data", leading_dims: int = 0) -> NamedSharding:
+    """Sharding of batch arrays split over ``data_axis`` (after ``leading_dims`` unsplit axes)."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * leading_dims), data_axis))
+
+
+def bytes_per_device(tree: Any) -> dict[Any, int]:
+    """Bytes each device holds of the arrays in ``tree`` (from their shards)."""
+    out: dict[Any, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            out[shard.device] = out.get(shard.device, 0) + math.prod(shard.data.shape) * shard.data.dtype.itemsize
+    return out

@@ -1,0 +1,75 @@
+"""Data- and row-parallel training gives the single-device numbers (4 simulated CPU devices).
+
+The multi-device runs happen in subprocesses, so the rest of the suite keeps one device.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mdcf import data, models, sharding, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, timeout=900):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / script), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def report():
+    return json.loads(run("sharding_check.py", "mf", "neumf").strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind", ["mf", "neumf"])
+@pytest.mark.parametrize("layout", ["data", "rows", "both"])
+def test_sharded_training_matches_one_device(report, kind, layout):
+    result = report[f"{kind}/{layout}"]
+    assert result["params"] < 1e-5 and result["state"] < 1e-5, result
+    assert result["val_mse"] < 1e-5
+    shards = {"data": 1, "rows": 4, "both": 2}[layout]
+    assert result["layout"]["devices"] == 4
+    assert result["layout"]["rows"] % shards == 0  # padded to split evenly
+    assert result["layout"]["shard_rows"] == [result["layout"]["rows"] // shards]
+
+
+def test_distributed_entry_point_with_one_process():
+    out = run("distributed_check.py", timeout=300)
+    assert "ok 2" in out
+
+
+def test_pad_and_trim_round_trip():
+    ratings, _ = data.synthetic(31, 17, 300, seed=0)
+    model = models.build_model(ratings, "mf", dim=4, alpha=0.5, blocks=3)
+    opt = train.optimizer("adam", 1e-2, sparse=True)
+    state = train.init_state(jax.random.key(0), model, opt)
+    padded = sharding.pad_state(state, 4)
+    for name, blocks in padded.params["tables"].items():
+        for block in (blocks if isinstance(blocks, tuple) else (blocks,)):
+            assert block.shape[0] % 4 == 0
+    back = sharding.trim_state(padded, model.config)
+    for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="row-sparse optimiser"):
+        sharding.pad_state(train.init_state(jax.random.key(0), model, train.optimizer("adam", 1e-2, sparse=False)), 4)
+
+
+def test_mesh_errors():
+    with pytest.raises(ValueError, match="needs 8 devices"):
+        sharding.make_mesh(4, 2)
+    ratings, _ = data.synthetic(31, 17, 300, seed=0)
+    model = models.build_model(ratings, "mf", dim=4)
+    mesh = sharding.make_mesh(1, 1)
+    result = train.fit(model, ratings, epochs=1, batch_size=64, progress=False, mesh=mesh)
+    assert len(result.history) == 1
