@@ -17,6 +17,13 @@ Example (4 devices: 2-way data x 2-way rows)::
     mesh = mdcf.sharding.make_mesh(data=2, model=2)
     result = mdcf.train.fit(model, train, mesh=mesh)
 
+In your own pipeline: place the state with :func:`shard_state` and build the
+step with ``make_train_step(model, opt, mesh=mesh)``, which keeps that layout
+and splits each batch over the data axis::
+
+    state = mdcf.sharding.shard_state(mdcf.train.init_state(key, model, opt), mesh)
+    step = jax.jit(mdcf.train.make_train_step(model, opt, mesh=mesh))
+
 Several hosts: call ``jax.distributed.initialize()`` (see
 :func:`initialize_distributed`) in every process before building the mesh from
 ``jax.devices()``; each process then runs the same program. On one machine, CPU
@@ -41,6 +48,7 @@ __all__ = [
     "pad_state",
     "trim_state",
     "shard_state",
+    "state_shardings",
     "batch_sharding",
     "replicated",
     "bytes_per_device",
@@ -144,23 +152,36 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def _row_axis(mesh: Mesh, model_axis: str | None) -> str | None:
+    return model_axis if model_axis and model_axis in mesh.shape and mesh.shape[model_axis] > 1 else None
+
+
+def state_shardings(state, mesh: Mesh, model_axis: str | None = "model"):
+    """The layout of a train state on ``mesh`` (a pytree of shardings matching ``state``):
+    tables and row-wise optimiser state by rows over ``model_axis`` (if it has more than
+    one device), everything else replicated."""
+    from .train import TrainState
+
+    axis = _row_axis(mesh, model_axis)
+    rows = NamedSharding(mesh, PartitionSpec(axis)) if axis else replicated(mesh)
+    every = lambda tree, sharding: jax.tree.map(lambda _: sharding, tree)  # noqa: E731
+    return TrainState(
+        {"tables": every(state.params["tables"], rows), "dense": every(state.params["dense"], replicated(mesh))},
+        every(state.dense_state, replicated(mesh)),
+        every(state.row_state, rows),
+        replicated(mesh),
+    )
+
+
 def shard_state(state, mesh: Mesh, model_axis: str | None = "model"):
-    """Place a (padded) train state on ``mesh``: tables by rows over ``model_axis``, the rest replicated.
+    """Pad a train state for ``mesh`` (:func:`pad_state`) and place it there (:func:`state_shardings`).
 
     With ``model_axis=None`` (or a model axis of size 1) everything is replicated
     (pure data parallelism).
     """
-    shards = mesh.shape[model_axis] if model_axis else 1
-    state = pad_state(state, shards)
-    rows = NamedSharding(mesh, PartitionSpec(model_axis)) if shards > 1 else replicated(mesh)
-    tables = jax.tree.map(lambda x: jax.device_put(x, rows), state.params["tables"])
-    row_state = jax.tree.map(lambda x: jax.device_put(x, rows), state.row_state)
-    dense = jax.tree.map(lambda x: jax.device_put(x, replicated(mesh)), state.params["dense"])
-    dense_state = jax.tree.map(lambda x: jax.device_put(x, replicated(mesh)), state.dense_state)
-    from .train import TrainState
-
-    return TrainState({"tables": tables, "dense": dense}, dense_state, row_state,
-                      jax.device_put(state.step, replicated(mesh)))
+    axis = _row_axis(mesh, model_axis)
+    state = pad_state(state, mesh.shape[axis] if axis else 1)
+    return jax.device_put(state, state_shardings(state, mesh, axis))
 
 
 def batch_sharding(mesh: Mesh, data_axis: str = "data", leading_dims: int = 0) -> NamedSharding:

@@ -501,7 +501,8 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
     return step
 
 
-def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "auto") -> Callable:
+def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "auto", mesh=None,
+                    data_axis: str = "data", model_axis: str | None = "model") -> Callable:
     """A pure train step ``(state, batch) -> (state, metrics)`` for your own ``jit``/``scan``/``vmap``.
 
     Args:
@@ -513,6 +514,10 @@ def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "au
         each spec's loads, :func:`mdcf.embedding.block_capacities`) or
         ``{"user": (...), "item": (...)}``. A batch that overflows them is
         handled exactly by a slower chunked path.
+      mesh, data_axis, model_axis: on a :class:`jax.sharding.Mesh`, the step
+        splits each batch over ``data_axis`` and keeps the state in the layout
+        of :func:`mdcf.sharding.state_shardings` (place it first with
+        :func:`mdcf.sharding.shard_state`).
 
     The batch is a dict of ``users`` and ``items`` (rows in block order, e.g.
     from :meth:`Model.encode <mdcf.models.Model.encode>`), ``ratings`` and
@@ -525,6 +530,22 @@ def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "au
     """
     config = _config(model)
     opt = _as_optimizer(opt)
+    step = _unsharded_step(config, opt, l2, capacities)
+    if mesh is None:
+        return step
+    from . import sharding as sharding_
+
+    def sharded_step(state, batch):
+        constrain = jax.lax.with_sharding_constraint
+        batch = {k: constrain(jnp.asarray(v), sharding_.batch_sharding(mesh, data_axis)) for k, v in batch.items()}
+        state = constrain(state, sharding_.state_shardings(state, mesh, model_axis))
+        new_state, metrics_ = step(state, batch)
+        return constrain(new_state, sharding_.state_shardings(new_state, mesh, model_axis)), metrics_
+
+    return sharded_step
+
+
+def _unsharded_step(config: ModelConfig, opt: Optimizer, l2: float, capacities) -> Callable:
     if opt.rows is None:
         return _dense_step(config, opt, l2)
 
@@ -680,12 +701,8 @@ def _epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     return order.reshape(n_batches, batch_size)
 
 
-def _epoch_fn(step, n: int, batch_size: int, state_sharding=None):
-    """A jitted epoch: a scan of train steps over the padded batches of ``order``.
-
-    With ``state_sharding`` (a pytree of shardings, see :mod:`mdcf.sharding`) the
-    state keeps that layout through every step.
-    """
+def _epoch_fn(step, n: int, batch_size: int):
+    """A jitted epoch: a scan of train steps over the padded batches of ``order``."""
     n_batches = -(-n // batch_size)
 
     @jax.jit
@@ -693,8 +710,6 @@ def _epoch_fn(step, n: int, batch_size: int, state_sharding=None):
         weight = (jnp.arange(n_batches * batch_size) < n).astype(jnp.float32).reshape(n_batches, batch_size)
 
         def body(state, xs):
-            if state_sharding is not None:
-                state = jax.lax.with_sharding_constraint(state, state_sharding)
             index, w = xs
             batch = {"users": data["users"][index], "items": data["items"][index],
                      "ratings": data["ratings"][index], "weights": w}
@@ -784,7 +799,7 @@ def fit(
             sparse = config.user.n_rows + config.item.n_rows >= 8 * batch_size
         opt = optimizer(optimizer_name, learning_rate, sparse=bool(sparse), weight_decay=weight_decay)
     opt = _as_optimizer(opt)
-    step = make_train_step(model, opt, l2=l2)
+    step = make_train_step(model, opt, l2=l2, mesh=mesh, data_axis=data_axis, model_axis=model_axis)
     encoded = model.encode(train)
     n = len(train)
     if n == 0:
@@ -807,19 +822,17 @@ def fit(
             best["params"] = loaded.best_params
     if state is None:
         state = init_state(jax.random.key(seed), model, opt)
-    state_sharding = order_sharding = None
+    order_sharding = None
     if mesh is not None:
         from . import sharding as sharding_
 
         if batch_size % mesh.shape[data_axis]:
             raise ValueError(f"batch_size {batch_size} does not split evenly over the {mesh.shape[data_axis]} "
                              f"devices of mesh axis {data_axis!r}")
-        row_axis = model_axis if model_axis in mesh.shape and mesh.shape[model_axis] > 1 else None
-        state = sharding_.shard_state(state, mesh, row_axis)
-        state_sharding = jax.tree.map(lambda x: x.sharding, state)
+        state = sharding_.shard_state(state, mesh, model_axis)
         order_sharding = sharding_.batch_sharding(mesh, data_axis, leading_dims=1)
         data = jax.tree.map(lambda x: jax.device_put(x, sharding_.replicated(mesh)), data)
-    run_epoch = _epoch_fn(step, n, batch_size, state_sharding)
+    run_epoch = _epoch_fn(step, n, batch_size)
 
     def unpadded(value):
         return value if mesh is None else sharding_.trim_state(value, config)

@@ -33,12 +33,12 @@ def report():
 
 
 @pytest.mark.parametrize("kind", ["mf", "neumf"])
-@pytest.mark.parametrize("layout", ["data", "rows", "both"])
+@pytest.mark.parametrize("layout", ["data", "rows", "both", "step"])
 def test_sharded_training_matches_one_device(report, kind, layout):
     result = report[f"{kind}/{layout}"]
     assert result["params"] < 1e-5 and result["state"] < 1e-5, result
     assert result["val_mse"] < 1e-5
-    shards = {"data": 1, "rows": 4, "both": 2}[layout]
+    shards = {"data": 1, "rows": 4, "both": 2, "step": 2}[layout]
     assert result["layout"]["devices"] == 4
     assert result["layout"]["rows"] % shards == 0  # padded to split evenly
     assert result["layout"]["shard_rows"] == [result["layout"]["rows"] // shards]
