@@ -44,6 +44,7 @@ __all__ = [
     "summary_table",
     "claim_check",
     "ablation_budget",
+    "ablation_model_budget",
 ]
 
 COLUMNS = (
@@ -402,3 +403,11 @@ def claim_check(rows: list[dict]) -> str:
 def ablation_budget(n_rows: int) -> int:
     """The paper's 2**21-parameter ablation budget, scaled to keep its parameters per embedding row."""
     return int(round(PAPER_ABLATION_BUDGET * n_rows / PAPER_ABLATION_ROWS))
+
+
+def ablation_model_budget(ratings, kind: str = "mf", **model_kwargs) -> int:
+    """Total parameters for the alpha ablation: the uniform model whose dimension is the
+    paper's parameters per embedding row (about 6.2), rounded; alpha 0 meets it exactly."""
+    rows = ratings.n_users + ratings.n_items
+    dim = max(1, round(ablation_budget(rows) / rows))
+    return models.num_params(models.build_model(ratings, kind, dim=dim, **model_kwargs).config)
