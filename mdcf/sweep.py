@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import jax
 import numpy as np
 
 from . import data, embedding, io, models, train
@@ -285,6 +286,9 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
                             row.update(status=f"infeasible: {reason}"[:300])
                         else:
                             row.update(_train_one(model, fit_part, val, test, config, seed, l2, lr))
+                            # Every model compiles its own functions; long sweeps would
+                            # otherwise accumulate compiled code until memory runs out.
+                            jax.clear_caches()
                         _append(results_path, row)
                         done.add(_key(row))
                         if bar is not None:

@@ -255,8 +255,9 @@ def init_state(key: jax.Array, model, opt, global_mean: float | None = None) -> 
     if isinstance(key, jax.core.Tracer) or isinstance(global_mean, jax.core.Tracer):
         return _init_state(key, jnp.asarray(global_mean, jnp.float32), config, opt)
     # Compiled as one computation: run eagerly, every random draw and optimiser
-    # buffer of a new shape compiles on its own (seconds for an MD model).
-    return _init_state_jit(key, jnp.asarray(global_mean, jnp.float32), config, opt)
+    # buffer of a new shape compiles on its own (seconds for an MD model). A fresh
+    # jitted function per call: its compiled code is freed with it.
+    return jax.jit(partial(_init_state, config=config, opt=opt))(key, jnp.asarray(global_mean, jnp.float32))
 
 
 def _init_state(key, global_mean, config: ModelConfig, opt: Optimizer) -> TrainState:
@@ -270,9 +271,6 @@ def _init_state(key, global_mean, config: ModelConfig, opt: Optimizer) -> TrainS
         else:
             row_state[name] = opt.rows.init(table)
     return TrainState(params, opt.dense.init(params["dense"]), row_state, jnp.zeros((), jnp.int32))
-
-
-_init_state_jit = jax.jit(_init_state, static_argnums=(2, 3))
 
 
 # ----------------------------------------------------------------- the loss
