@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     print(sweep.summary_table(rows))
     print("\nthe paper's claim (MD matches uniform with up to 8x fewer parameters), on these runs:")
     print(sweep.claim_check(rows))
+    print(sweep.fraction_check(rows))
     infeasible = [r for r in rows if str(r.get("status", "")).startswith("infeasible")]
     if infeasible:
         cells = sorted({(r["budget"], r["alpha"]) for r in infeasible})

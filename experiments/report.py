@@ -47,6 +47,7 @@ def main(argv=None) -> int:
         else:
             print(sweep.summary_table(rows))
             print(sweep.claim_check(rows))
+            print(sweep.fraction_check(rows))
         print()
     return 0
 

@@ -44,6 +44,7 @@ __all__ = [
     "select",
     "summary_table",
     "claim_check",
+    "fraction_check",
     "ablation_budget",
     "ablation_model_budget",
 ]
@@ -401,6 +402,35 @@ def claim_check(rows: list[dict]) -> str:
             f"budget {budget:>9,}: uniform {mean(uniform[budget]):.4f} +- {std(uniform[budget]):.4f}, "
             f"MD alpha {alpha:g} {mean(best):.4f} +- {std(best):.4f}; MD - uniform per seed "
             f"{np.mean(paired):+.4f} +- {np.std(paired):.4f} (n={len(paired)}); MD {verdict}")
+    return "\n".join(lines)
+
+
+def fraction_check(rows: list[dict], factor: float = 8.0) -> str:
+    """The abstract's form of the claim: for each uniform budget, the best MD model
+    (alpha chosen on validation) at the largest sweep budget with at most
+    ``1/factor`` of its parameters, against it, with the per-seed paired difference."""
+    uniform = {b: rs for (b, a), rs in _cells_by(rows, lambda a: a == 0).items()}
+    md = _cells_by(rows, lambda a: a > 0)
+    md_budgets = sorted({b for b, _ in md})
+    mean = lambda rs, key="test_mse": float(np.mean([r[key] for r in rs]))  # noqa: E731
+    lines = []
+    for budget in sorted(uniform):
+        smaller = [b for b in md_budgets if b * factor <= budget]
+        if not smaller:
+            continue
+        small = max(smaller)
+        cells = {a: rs for (b, a), rs in md.items() if b == small}
+        alpha = min(cells, key=lambda a: mean(cells[a], "val_mse"))
+        best = cells[alpha]
+        by_seed = {r["seed"]: r["test_mse"] for r in uniform[budget]}
+        paired = [r["test_mse"] - by_seed[r["seed"]] for r in best if r["seed"] in by_seed]
+        verdict = "matches or beats it" if np.mean(paired) <= 0 else "is worse"
+        lines.append(
+            f"uniform at {budget:>9,} params {mean(uniform[budget]):.4f}; MD alpha {alpha:g} at {small:,} params "
+            f"({budget / small:.1f}x fewer) {mean(best):.4f}; MD - uniform per seed {np.mean(paired):+.4f} "
+            f"+- {np.std(paired):.4f} (n={len(paired)}): MD {verdict}")
+    if not lines:
+        return f"no MD budget in this sweep is 1/{factor:g} of a uniform budget or less"
     return "\n".join(lines)
 
 

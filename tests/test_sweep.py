@@ -108,3 +108,31 @@ def test_experiment_scripts_run_end_to_end_in_fast_mode(script, ml100k_dir, tmp_
     assert done.returncode == 0, done.stderr[-2000:]
     assert "plot:" in done.stdout and (out / "results.csv").is_file() and (out / "config.json").is_file()
     assert len(list(out.glob("*.png"))) == 1 and len(list(out.glob("*.pdf"))) == 1
+
+
+def _cell(budget, alpha, seed, val, test):
+    return {"dataset": "d", "model": "mf", "budget": budget, "params": budget, "alpha": alpha, "blocks": 8,
+            "seed": seed, "val_mse": val, "test_mse": test, "status": "ok"}
+
+
+def test_claim_checks_pair_seeds_and_pick_alpha_on_validation():
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.1)):  # seed 1's split is harder for every model
+        rows += [
+            _cell(1000, 0.0, seed, 0.90 + shift, 0.90 + shift),
+            _cell(8000, 0.0, seed, 0.85 + shift, 0.85 + shift),
+            # alpha 0.2 has the better test MSE but the worse validation MSE: not chosen
+            _cell(1000, 0.2, seed, 0.99 + shift, 0.70 + shift),
+            _cell(1000, 0.4, seed, 0.88 + shift, 0.84 + shift + 0.01 * seed),
+            _cell(1000, 0.4, seed, 0.95 + shift, 0.50),  # a worse l2 for the same cell: ignored
+            _cell(8000, 0.4, seed, 0.86 + shift, 0.86 + shift),
+        ]
+    claim = sweep.claim_check(rows).splitlines()
+    assert "MD alpha 0.4 0.8950" in claim[0] and "per seed -0.0550 +- 0.0050 (n=2)" in claim[0]
+    assert "matches or beats uniform at up to 8.0x" in claim[0]
+    assert "does not match uniform at any larger budget" in claim[1]
+    fraction = sweep.fraction_check(rows).splitlines()
+    assert len(fraction) == 1
+    assert "uniform at     8,000 params 0.9000" in fraction[0] and "at 1,000 params (8.0x fewer) 0.8950" in fraction[0]
+    assert "per seed -0.0050 +- 0.0050 (n=2): MD matches or beats it" in fraction[0]
+    assert "no MD budget" in sweep.fraction_check(rows, factor=9)
