@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -238,20 +238,44 @@ def _dims(spec: embedding.MDSpec) -> str:
     return "-".join(str(d) for d in spec.dims)
 
 
+_GRID_FIELDS = ("seeds", "budgets", "dims", "alphas", "l2_grid", "learning_rates")
+
+
+def _merge_configs(saved: dict, config: SweepConfig, where) -> SweepConfig:
+    """The union of a saved configuration and ``config`` when they differ only in grid lists."""
+    new = json.loads(config.to_json())
+    fixed = sorted(k for k in set(saved) | set(new) if k not in _GRID_FIELDS and saved.get(k) != new.get(k))
+    if bool(saved.get("budgets")) != bool(new.get("budgets")):
+        fixed.append("budgets (explicit budgets against natural budgets from dims)")
+    if fixed:
+        details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {new.get(k)!r}" for k in fixed if k in new)
+        raise ValueError(f"{where} holds a sweep with other settings ({details or ', '.join(fixed)}); results "
+                         "would not be comparable: use another output folder")
+    merged = {}
+    for key in _GRID_FIELDS:
+        values = list(saved.get(key, []))
+        merged[key] = tuple(values + [v for v in new[key] if v not in values])
+    return replace(config, **merged)
+
+
 def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = True, log=print) -> list[dict]:
     """Run (or resume) a sweep; returns all result rows, including earlier ones.
 
     Writes ``config.json`` and ``results.csv`` in ``out_dir``. A rerun with the
-    same folder skips finished runs; a different configuration in the same
-    folder is refused.
+    same folder skips finished runs. A configuration that differs from the saved
+    one only in its grid lists (seeds, budgets, dims, alphas, l2_grid,
+    learning_rates) extends the sweep: the saved configuration becomes the union
+    of both and only the missing runs are trained. Any other difference is
+    refused (the runs would not be comparable).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
-    if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(config.to_json()):
-        raise ValueError(f"{config_path} holds a different sweep configuration; use another output folder")
+    saved = config
+    if config_path.is_file():
+        saved = _merge_configs(json.loads(config_path.read_text()), config, config_path)
     with io.atomic_write(config_path, "w") as f:
-        f.write(config.to_json())
+        f.write(saved.to_json())
     results_path = out_dir / "results.csv"
     done = {_key(r) for r in read_results(results_path)}
     if ratings is None:

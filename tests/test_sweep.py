@@ -1,6 +1,7 @@
 """Equal-budget sweeps: exact budgets, one tuning protocol, resumable atomic results, plots, scripts."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,8 +61,17 @@ def test_sweep_rows_resume_and_selection(ratings, tmp_path):
         assert cell["val_mse"] == min(r["val_mse"] for r in peers)  # chosen on validation, never on test
     table = sweep.summary_table(again)
     assert "best MD alpha" in table and len(table.splitlines()) == 3
-    with pytest.raises(ValueError, match="different sweep configuration"):
-        sweep.run_sweep(small_config(l2_grid=(0.1,)), tmp_path, ratings=ratings, progress=False)
+    with pytest.raises(ValueError, match="other settings .*epochs: saved"):
+        sweep.run_sweep(small_config(epochs=7), tmp_path, ratings=ratings, progress=False)
+    # A subset of the grid trains nothing new; an extended grid trains only the new runs.
+    subset = sweep.run_sweep(small_config(l2_grid=config.l2_grid[:1]), tmp_path, ratings=ratings, progress=False)
+    assert [r["seconds"] for r in subset] == [r["seconds"] for r in again]
+    extended = sweep.run_sweep(small_config(l2_grid=(0.3,)), tmp_path, ratings=ratings, progress=False)
+    assert len(extended) == len(again) + 4
+    assert [r["seconds"] for r in extended[:len(again)]] == [r["seconds"] for r in again]
+    assert {r["l2"] for r in extended[len(again):]} == {0.3}
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["l2_grid"] == list(config.l2_grid) + [0.3]
 
 
 def test_infeasible_cells_are_recorded(ratings, tmp_path):
