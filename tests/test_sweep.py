@@ -118,6 +118,17 @@ def test_experiment_scripts_run_end_to_end_in_fast_mode(script, ml100k_dir, tmp_
     assert done.returncode == 0, done.stderr[-2000:]
     assert "plot:" in done.stdout and (out / "results.csv").is_file() and (out / "config.json").is_file()
     assert len(list(out.glob("*.png"))) == 1 and len(list(out.glob("*.pdf"))) == 1
+    for flags in ([], ["--markdown"]):
+        report = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), *flags, str(out)],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert report.returncode == 0, report.stderr[-2000:]
+        table = [line for line in report.stdout.splitlines() if line.startswith("|")]
+        if flags:  # header, rule, then one row per budget (sweep) or per alpha (ablation)
+            rows = sweep.select(sweep.read_results(out / "results.csv"))
+            groups = {r["alpha"] for r in rows} if script == "alpha_ablation.py" else {r["budget"] for r in rows}
+            assert len(table) == 2 + len(groups) and "±" in table[2]
+        else:
+            assert "test" in report.stdout and not table
 
 
 def _cell(budget, alpha, seed, val, test):
