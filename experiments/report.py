@@ -68,12 +68,18 @@ def markdown_sweep(rows) -> str:
 def markdown_ablation(rows) -> str:
     chosen = sweep.select(rows)
     keys = ("train_mse_popular", "train_mse_rare", "test_mse_popular", "test_mse_rare", "test_mse")
-    lines = ["| α | params | train MSE popular | train MSE rare | test MSE popular | test MSE rare | test MSE all |",
-             "|---:|---:|---|---|---|---|---|"]
+    lines = ["| α | params | train MSE popular | train MSE rare | test MSE popular | test MSE rare | test MSE all "
+             "| test popular − α=0, per seed | test rare − α=0, per seed |",
+             "|---:|---:|---|---|---|---|---|---|---|"]
+    base = {r["seed"]: r for r in chosen if r["alpha"] == 0}
     for alpha in sorted({r["alpha"] for r in chosen}):
         cell = [r for r in chosen if r["alpha"] == alpha]
+        paired = []
+        for key in ("test_mse_popular", "test_mse_rare"):
+            diffs = [r[key] - base[r["seed"]][key] for r in cell if r["seed"] in base]
+            paired.append(f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f}" if diffs and alpha != 0 else "–")
         lines.append(f"| {alpha:g} | {int(np.mean([r['params'] for r in cell])):,} | "
-                     + " | ".join(_stat(cell, k) for k in keys) + " |")
+                     + " | ".join([_stat(cell, k) for k in keys] + paired) + " |")
     return "\n".join(lines)
 
 
