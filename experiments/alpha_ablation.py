@@ -24,6 +24,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import jax  # noqa: E402
+
 from mdcf import plots, sweep  # noqa: E402
 
 
@@ -40,7 +42,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--fast", action="store_true", help="tiny settings for smoke tests (also $MDCF_FAST=1)")
     parser.add_argument("--no-progress", action="store_true")
+    sweep.add_device_arguments(parser)
     args = parser.parse_args(argv)
+    mesh = sweep.mesh_from_arguments(args)  # before anything else runs on a device
     fast = args.fast or sweep.fast_mode()
 
     ratings = sweep.load_dataset(args.dataset)
@@ -57,7 +61,9 @@ def main(argv=None) -> int:
                                    base_dims=(32, 16, 8, 4))
     name = f"{Path(args.dataset).stem}-{args.model}" + ("-fast" if fast else "")
     out = Path(args.out or Path("results") / "alpha_ablation" / name)
-    results = sweep.run_sweep(config, out, ratings=ratings, progress=not args.no_progress)
+    results = sweep.run_sweep(config, out, ratings=ratings, progress=not args.no_progress, mesh=mesh)
+    if jax.process_index() != 0:
+        return 0  # process 0 reports and plots
     chosen = sorted(sweep.select(results), key=lambda r: (r["alpha"], r["seed"]))
     print(f"\n{args.dataset}, {args.model}, budget {budget:,} parameters: MSE by item popularity "
           "(each cell's best l2 on validation)")

@@ -26,6 +26,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import jax  # noqa: E402
+
 from mdcf import plots, sweep  # noqa: E402
 
 
@@ -48,6 +50,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="output folder (default results/budget_sweep/<dataset>-<model>)")
     parser.add_argument("--fast", action="store_true", help="tiny settings for smoke tests (also $MDCF_FAST=1)")
     parser.add_argument("--no-progress", action="store_true")
+    sweep.add_device_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -69,11 +72,14 @@ def config_from(args) -> sweep.SweepConfig:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    mesh = sweep.mesh_from_arguments(args)  # before anything else runs on a device
     config = config_from(args)
     fast = args.fast or sweep.fast_mode()
     name = f"{Path(config.dataset).stem}-{config.model}" + ("-fast" if fast else "")
     out = Path(args.out or Path("results") / "budget_sweep" / name)
-    rows = sweep.run_sweep(config, out, progress=not args.no_progress)
+    rows = sweep.run_sweep(config, out, progress=not args.no_progress, mesh=mesh)
+    if jax.process_index() != 0:
+        return 0  # process 0 reports and plots
     print(f"\n{config.dataset}, {config.model}: test MSE at equal parameter budgets "
           f"(each cell's best l2 on validation; seeds {list(config.seeds)})")
     print(sweep.summary_table(rows))

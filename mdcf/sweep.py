@@ -37,12 +37,14 @@ __all__ = [
     "SweepConfig",
     "fast_mode",
     "load_dataset",
+    "mesh_from_arguments",
     "natural_budgets",
     "model_for_budget",
     "run_sweep",
     "read_results",
     "select",
     "summary_table",
+    "add_device_arguments",
     "claim_check",
     "fraction_check",
     "ablation_budget",
@@ -60,6 +62,29 @@ _KEY = ("dataset", "model", "budget", "alpha", "blocks", "seed", "l2", "learning
 # and 54k movies); the ablation keeps its parameters per embedding row.
 PAPER_ABLATION_BUDGET = 2**21
 PAPER_ABLATION_ROWS = 283_228 + 53_889
+
+
+def add_device_arguments(parser) -> None:
+    """The experiment scripts' options for several devices and hosts."""
+    group = parser.add_argument_group("several devices or hosts")
+    group.add_argument("--mesh", type=int, nargs=2, metavar=("DATA", "MODEL"), default=None,
+                       help="train every run on a DATA x MODEL device mesh: batches split over DATA devices, "
+                            "table rows over MODEL devices (e.g. --mesh 8 1 on an 8-GPU machine)")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="multi-host run: the address of process 0 (start the same command on every host)")
+    group.add_argument("--num-processes", type=int, default=None, help="multi-host run: number of processes")
+    group.add_argument("--process-id", type=int, default=None, help="multi-host run: this process's index")
+
+
+def mesh_from_arguments(args):
+    """Join a multi-host run when asked, then build the ``--mesh`` (None without one)."""
+    from . import sharding
+
+    if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
+        sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if args.mesh is None:
+        return None
+    return sharding.make_mesh(*args.mesh)
 
 
 def fast_mode() -> bool:
@@ -258,7 +283,8 @@ def _merge_configs(saved: dict, config: SweepConfig, where) -> SweepConfig:
     return replace(config, **merged)
 
 
-def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = True, log=print) -> list[dict]:
+def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = True, log=print,
+              mesh=None) -> list[dict]:
     """Run (or resume) a sweep; returns all result rows, including earlier ones.
 
     Writes ``config.json`` and ``results.csv`` in ``out_dir``. A rerun with the
@@ -267,6 +293,13 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
     learning_rates) extends the sweep: the saved configuration becomes the union
     of both and only the missing runs are trained. Any other difference is
     refused (the runs would not be comparable).
+
+    With a ``mesh`` (:func:`mdcf.sharding.make_mesh`) every run trains on it
+    (batches split over its ``data`` axis; a ``model`` axis larger than one
+    splits table rows and uses the row-sparse optimiser); results equal the
+    one-device run up to float rounding. In a multi-host run every process
+    calls this with the same arguments and only process 0 writes; the output
+    folder must be one all hosts read (resuming reads it).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,8 +307,10 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
     saved = config
     if config_path.is_file():
         saved = _merge_configs(json.loads(config_path.read_text()), config, config_path)
-    with io.atomic_write(config_path, "w") as f:
-        f.write(saved.to_json())
+    writer = jax.process_index() == 0
+    if writer:
+        with io.atomic_write(config_path, "w") as f:
+            f.write(saved.to_json())
     results_path = out_dir / "results.csv"
     done = {_key(r) for r in read_results(results_path)}
     if ratings is None:
@@ -310,11 +345,12 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
                         if model is None:
                             row.update(status=f"infeasible: {reason}"[:300])
                         else:
-                            row.update(_train_one(model, fit_part, val, test, config, seed, l2, lr))
+                            row.update(_train_one(model, fit_part, val, test, config, seed, l2, lr, mesh))
                             # Every model compiles its own functions; long sweeps would
                             # otherwise accumulate compiled code until memory runs out.
                             jax.clear_caches()
-                        _append(results_path, row)
+                        if writer:
+                            _append(results_path, row)
                         done.add(_key(row))
                         if bar is not None:
                             bar.update(1)
@@ -326,10 +362,17 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
     return read_results(results_path)
 
 
-def _train_one(model, fit_part, val, test, config: SweepConfig, seed: int, l2: float, lr: float) -> dict:
+def _train_one(model, fit_part, val, test, config: SweepConfig, seed: int, l2: float, lr: float,
+               mesh=None) -> dict:
     started = time.perf_counter()
+    if mesh is not None and mesh.shape.get("model", 1) > 1 and not train.auto_sparse(model, config.batch_size):
+        rows = model.config.user.n_rows + model.config.item.n_rows
+        raise ValueError(
+            f"a mesh with a model axis of {mesh.shape['model']} splits table rows, which needs row-sparse updates, "
+            f"but these tables ({rows:,} rows, fewer than 8 batches of {config.batch_size}) train with dense "
+            "ones: use a data-only mesh (--mesh DATA 1), which also gives the one-device results")
     result = train.fit(model, fit_part, val, epochs=config.epochs, batch_size=config.batch_size,
-                       learning_rate=lr, l2=l2, patience=config.patience, seed=seed, progress=False)
+                       learning_rate=lr, l2=l2, patience=config.patience, seed=seed, progress=False, mesh=mesh)
     on_train = train.evaluate(model, result.params, fit_part)
     on_val = train.evaluate(model, result.params, val)
     on_test = train.evaluate(model, result.params, test)

@@ -62,6 +62,7 @@ __all__ = [
     "TrainState",
     "init_state",
     "make_train_step",
+    "auto_sparse",
     "make_eval_fn",
     "evaluate",
     "predict",
@@ -720,6 +721,17 @@ def _epoch_fn(step, n: int, batch_size: int):
     return run
 
 
+def auto_sparse(model, batch_size: int) -> bool:
+    """``fit``'s ``sparse="auto"`` choice: row-sparse updates when the user and item
+    tables together hold at least 8 batches of rows.
+
+    Measured crossover on a 2-core CPU (``benchmarks/bench_train.py``): a dense
+    Adam step costs about 1/6 of a sparse step per table row versus per rating.
+    """
+    config = _config(model)
+    return config.user.n_rows + config.item.n_rows >= 8 * batch_size
+
+
 def fit(
     model: Model,
     train,
@@ -792,9 +804,7 @@ def fit(
     config = model.config
     if opt is None:
         if sparse == "auto":
-            # Measured crossover on a 2-core CPU (benchmarks/bench_train.py): a dense Adam
-            # step costs about 1/6 of a sparse step per table row versus per rating.
-            sparse = config.user.n_rows + config.item.n_rows >= 8 * batch_size
+            sparse = auto_sparse(model, batch_size)
         opt = optimizer(optimizer_name, learning_rate, sparse=bool(sparse), weight_decay=weight_decay)
     opt = _as_optimizer(opt)
     step = make_train_step(model, opt, l2=l2, mesh=mesh, data_axis=data_axis, model_axis=model_axis)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from mdcf import data, models, sharding, train
+from mdcf import data, models, sharding, sweep, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +73,52 @@ def test_mesh_errors():
     mesh = sharding.make_mesh(1, 1)
     result = train.fit(model, ratings, epochs=1, batch_size=64, progress=False, mesh=mesh)
     assert len(result.history) == 1
+
+
+def test_sweep_script_on_a_mesh_matches_one_device(tmp_path):
+    """budget_sweep.py --mesh on 4 simulated devices, joined through the multi-host entry
+    point (one process, as one machine allows), gives the one-device results."""
+    import socket
+
+    def ratings_file(name, *shape):
+        ratings, _ = data.synthetic(*shape, seed=0)
+        path = tmp_path / name
+        ratings.to_dataframe().rename(columns={"user": "userId", "item": "movieId"}).to_csv(path, index=False)
+        return str(path)
+
+    # Over 8 batches of 1,024 rated rows: row-sparse updates, which row sharding needs.
+    path = ratings_file("ratings.csv", 20_000, 4_000, 30_000)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MDCF_FAST="1", MPLBACKEND="Agg",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    script = str(ROOT / "experiments" / "budget_sweep.py")
+    common = ["--dataset", path, "--no-progress"]
+    runs = {
+        "one": [],
+        "mesh": ["--mesh", "2", "2", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "1",
+                 "--process-id", "0"],
+    }
+    results = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        done = subprocess.run([sys.executable, script, *common, "--out", str(out), *extra], capture_output=True,
+                              text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[name] = {(r["budget"], r["alpha"]): r for r in sweep.read_results(out / "results.csv")}
+    assert results["one"].keys() == results["mesh"].keys() and len(results["one"]) == 4
+    for key, one in results["one"].items():
+        mesh = results["mesh"][key]
+        assert one["status"] == mesh["status"] == "ok"
+        assert (one["params"], one["user_dims"], one["epochs"]) == (mesh["params"], mesh["user_dims"], mesh["epochs"])
+        for metric in ("train_mse", "val_mse", "test_mse"):
+            assert abs(one[metric] - mesh[metric]) <= 1e-5 * one[metric], (key, metric, one[metric], mesh[metric])
+    small = ratings_file("small.csv", 300, 200, 6_000)
+    for dataset, mesh, message in ((path, ("3", "3"), "needs 9 devices; 4 are available"),
+                                   (small, ("1", "2"), "use a data-only mesh")):
+        with pytest.raises(subprocess.CalledProcessError) as err:
+            subprocess.run([sys.executable, script, "--dataset", dataset, "--no-progress", "--out",
+                            str(tmp_path / "bad"), "--mesh", *mesh], capture_output=True, text=True, env=env,
+                           timeout=600, check=True)
+        assert message in err.value.stderr
