@@ -60,6 +60,31 @@ def test_overflowing_batches_take_the_exact_chunked_path():
     assert_params_close(sparse.params, dense.params)
 
 
+@pytest.mark.parametrize("kind", ["mf", "neumf"])
+def test_overflow_fallback_with_adam_matches_slots_that_always_fit(kind):
+    """Batches that overflow and batches that fit, in one scan, with lazy Adam: the same
+    states and losses as a step whose slots can never overflow (the disabled grouped
+    update must leave rows, dense parameters, optimiser state and step count alone)."""
+    config = ModelConfig(kind, USER, ITEM, layers=(8, 4))
+    batches = [batch_of(s, size=512) for s in range(4)]
+    for b in batches[::2]:
+        b["users"][:400] = np.arange(400) % 4  # overflows the first user block
+    assert embedding.block_capacities(USER, 512)[0] < 400
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *batches)
+    opt = train.optimizer("adam", 0.05, sparse=True)
+    roomy = {"user": (512,) * USER.n_blocks, "item": (512,) * ITEM.n_blocks}
+    results = []
+    for capacities in ("auto", roomy):
+        step = train.make_train_step(config, opt, l2=0.05, capacities=capacities)
+        state = train.init_state(jax.random.key(0), config, opt, global_mean=3.0)
+        results.append(jax.jit(lambda s, b: jax.lax.scan(step, s, b))(state, stacked))
+    (auto_state, auto_metrics), (roomy_state, roomy_metrics) = results
+    assert int(auto_state.step) == int(roomy_state.step) == 4
+    assert_params_close(auto_state.params, roomy_state.params)
+    assert_params_close((auto_state.dense_state, auto_state.row_state), (roomy_state.dense_state, roomy_state.row_state))
+    np.testing.assert_allclose(auto_metrics["loss"], roomy_metrics["loss"], rtol=1e-5)
+
+
 def test_lazy_adam_leaves_absent_rows_alone():
     config = ModelConfig("mf", MDSpec.uniform(10, 4), MDSpec.uniform(10, 4))
     first = {"users": np.array([1, 2], np.int32), "items": np.array([1, 2], np.int32), "ratings": np.array([5.0, 1.0], np.float32)}
