@@ -82,8 +82,8 @@ def surprise_vs_mdcf(data_dir):
     except ImportError:
         rows.append(("Surprise SVD: scikit-surprise not installed (pip install '.[bench]')", float("nan"), float("nan"), float("nan")))
     for label, kwargs in (
-        ("mdcf MF (d=64, 20 epochs, fit defaults: Adam, batch 1024)", {}),
-        ("mdcf MF (d=64, 20 epochs, row-sparse SGD lr 0.05, batch 1024)", {"optimizer_name": "sgd", "learning_rate": 0.05, "sparse": True}),
+        ("mdcf MF (d=64, 20 epochs, fit defaults: Adam, batch 2048)", {}),
+        ("mdcf MF (d=64, 20 epochs, row-sparse SGD lr 0.05, batch 2048)", {"optimizer_name": "sgd", "learning_rate": 0.05, "sparse": True}),
     ):
         model = models.build_model(train_part, "mf", dim=64)
         result = train.fit(model, train_part, validation=None, epochs=20, progress=False, patience=None, **kwargs)

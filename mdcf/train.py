@@ -772,7 +772,7 @@ def fit(
     validation=0.1,
     *,
     epochs: int = 100,
-    batch_size: int = 1024,
+    batch_size: int = 2048,
     optimizer_name: str = "adam",
     learning_rate: float = 3e-3,
     l2: float = 0.1,
@@ -800,7 +800,8 @@ def fit(
         carve off for it (seeded random split; default 0.1), or None for no
         validation (no early stopping). Never pass test data here.
       epochs: maximum number of epochs.
-      batch_size: ratings per step.
+      batch_size: ratings per step (2048 by default: on ml-100k as accurate as 1024 and
+        about 1.6x faster on a 2-core CPU).
       optimizer_name, learning_rate, weight_decay: build the optimiser with
         :func:`optimizer` (ignored when ``opt`` is given).
       l2: regularisation of the embedding vectors and biases of each rating.

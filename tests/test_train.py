@@ -186,7 +186,8 @@ def test_divergence_names_epoch_and_step(small_data):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "mf", dim=8)
     with pytest.raises(train.TrainingDivergedError, match=r"epoch 1, step \d+"):
-        train.fit(model, train_part, epochs=3, optimizer_name="sgd", learning_rate=1e4, progress=False)
+        train.fit(model, train_part, epochs=3, batch_size=512, optimizer_name="sgd", learning_rate=1e4,
+                  progress=False)
 
 
 def test_predict_on_original_ids_with_fallback(small_data):
