@@ -55,9 +55,8 @@ def markdown_sweep(rows) -> str:
         row = [f"{budget:,}", span] + [_stat(cells[a], "test_mse") if a in cells else "–" for a in alphas]
         md = {a: c for a, c in cells.items() if a > 0}
         if md and 0.0 in cells:
-            alpha = min(md, key=lambda a: np.mean([r["val_mse"] for r in md[a]]))
-            by_seed = {r["seed"]: r["test_mse"] for r in cells[0.0]}
-            paired = [r["test_mse"] - by_seed[r["seed"]] for r in md[alpha] if r["seed"] in by_seed]
+            alpha = sweep.best_alpha(md)
+            paired = sweep.paired_difference(md[alpha], cells[0.0])
             row.append(f"α={alpha:g}: {np.mean(paired):+.4f} ± {np.std(paired):.4f} (n={len(paired)})")
         else:
             row.append("–")
@@ -71,12 +70,12 @@ def markdown_ablation(rows) -> str:
     lines = ["| α | params | train MSE popular | train MSE rare | test MSE popular | test MSE rare | test MSE all "
              "| test popular − α=0, per seed | test rare − α=0, per seed |",
              "|---:|---:|---|---|---|---|---|---|---|"]
-    base = {r["seed"]: r for r in chosen if r["alpha"] == 0}
+    base = [r for r in chosen if r["alpha"] == 0]
     for alpha in sorted({r["alpha"] for r in chosen}):
         cell = [r for r in chosen if r["alpha"] == alpha]
         paired = []
         for key in ("test_mse_popular", "test_mse_rare"):
-            diffs = [r[key] - base[r["seed"]][key] for r in cell if r["seed"] in base]
+            diffs = sweep.paired_difference(cell, base, key)
             paired.append(f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f}" if diffs and alpha != 0 else "–")
         lines.append(f"| {alpha:g} | {int(np.mean([r['params'] for r in cell])):,} | "
                      + " | ".join([_stat(cell, k) for k in keys] + paired) + " |")

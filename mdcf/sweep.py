@@ -43,6 +43,8 @@ __all__ = [
     "run_sweep",
     "read_results",
     "select",
+    "best_alpha",
+    "paired_difference",
     "summary_table",
     "add_device_arguments",
     "claim_check",
@@ -408,6 +410,18 @@ def select(rows: list[dict]) -> list[dict]:
     return list(best.values())
 
 
+def best_alpha(cells: dict[float, list[dict]]) -> float:
+    """The alpha whose cell has the lowest mean validation MSE over seeds (never test)."""
+    return min(cells, key=lambda a: float(np.mean([r["val_mse"] for r in cells[a]])))
+
+
+def paired_difference(rows: list[dict], baseline: list[dict], key: str = "test_mse") -> list[float]:
+    """``rows[key] - baseline[key]`` per seed the two share (the same split): the spread
+    of the difference, not of the splits."""
+    by_seed = {r["seed"]: r[key] for r in baseline}
+    return [r[key] - by_seed[r["seed"]] for r in rows if r["seed"] in by_seed]
+
+
 def summary_table(rows: list[dict]) -> str:
     """Per budget: uniform against the best MD alpha (chosen on validation), mean over seeds."""
     chosen = select(rows)
@@ -423,7 +437,7 @@ def summary_table(rows: list[dict]) -> str:
         mean = lambda rs, k: float(np.mean([r[k] for r in rs]))  # noqa: E731
         u_text = f"{int(mean(uniform, 'params')):>14,} {mean(uniform, 'test_mse'):>9.4f}" if uniform else f"{'-':>14} {'-':>9}"
         if md:
-            alpha = min(md, key=lambda a: mean(md[a], "val_mse"))
+            alpha = best_alpha(md)
             m_text = (f"{alpha:>13g} {int(mean(md[alpha], 'params')):>10,} {mean(md[alpha], 'test_mse'):>9.4f} "
                       f"{mean(md[alpha], 'val_mse'):>9.4f}")
             diff = f"{mean(md[alpha], 'test_mse') - mean(uniform, 'test_mse'):>+12.4f}" if uniform else f"{'-':>12}"
@@ -457,14 +471,12 @@ def claim_check(rows: list[dict]) -> str:
         if not cells:
             lines.append(f"budget {budget:>9,}: no MD model fits")
             continue
-        alpha = min(cells, key=lambda a: float(np.mean([r["val_mse"] for r in cells[a]])))
+        alpha = best_alpha(cells)
         best = cells[alpha]
         ratios = [b / budget for b in uniform if b > budget and b <= 8.5 * budget and mean(best) <= mean(uniform[b])]
         verdict = (f"matches or beats uniform at up to {max(ratios):.1f}x the parameters" if ratios
                    else "does not match uniform at any larger budget")
-        # Paired by seed (same split): the spread of the difference, not of the splits.
-        by_seed = {r["seed"]: r["test_mse"] for r in uniform[budget]}
-        paired = [r["test_mse"] - by_seed[r["seed"]] for r in best if r["seed"] in by_seed]
+        paired = paired_difference(best, uniform[budget])
         lines.append(
             f"budget {budget:>9,}: uniform {mean(uniform[budget]):.4f} +- {std(uniform[budget]):.4f}, "
             f"MD alpha {alpha:g} {mean(best):.4f} +- {std(best):.4f}; MD - uniform per seed "
@@ -479,7 +491,7 @@ def fraction_check(rows: list[dict], factor: float = 8.0) -> str:
     uniform = {b: rs for (b, a), rs in _cells_by(rows, lambda a: a == 0).items()}
     md = _cells_by(rows, lambda a: a > 0)
     md_budgets = sorted({b for b, _ in md})
-    mean = lambda rs, key="test_mse": float(np.mean([r[key] for r in rs]))  # noqa: E731
+    mean = lambda rs: float(np.mean([r["test_mse"] for r in rs]))  # noqa: E731
     lines = []
     for budget in sorted(uniform):
         smaller = [b for b in md_budgets if b * factor <= budget]
@@ -487,10 +499,9 @@ def fraction_check(rows: list[dict], factor: float = 8.0) -> str:
             continue
         small = max(smaller)
         cells = {a: rs for (b, a), rs in md.items() if b == small}
-        alpha = min(cells, key=lambda a: mean(cells[a], "val_mse"))
+        alpha = best_alpha(cells)
         best = cells[alpha]
-        by_seed = {r["seed"]: r["test_mse"] for r in uniform[budget]}
-        paired = [r["test_mse"] - by_seed[r["seed"]] for r in best if r["seed"] in by_seed]
+        paired = paired_difference(best, uniform[budget])
         verdict = "matches or beats it" if np.mean(paired) <= 0 else "is worse"
         lines.append(
             f"uniform at {budget:>9,} params {mean(uniform[budget]):.4f}; MD alpha {alpha:g} at {small:,} params "
