@@ -43,7 +43,7 @@ def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=2
     step = train.make_train_step(model, opt, l2=0.05)
     n = len(ratings)
     run = train._epoch_fn(step, n, batch_size)
-    data = {key: jax.numpy.asarray(value) for key, value in model.encode(ratings).items()}
+    data = {key: jax.numpy.asarray(value) for key, value in train._by_user(model.encode(ratings)).items()}
     state = train.init_state(jax.random.key(0), model, opt)
     state, losses, _, _ = run(state, data, train._epoch_order(0, 0, n, batch_size))  # compile + warm up
     losses.block_until_ready()

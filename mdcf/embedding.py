@@ -47,6 +47,8 @@ __all__ = [
     "Routing",
     "route",
     "assemble",
+    "take_rows",
+    "scatter_rows",
 ]
 
 
@@ -276,9 +278,54 @@ def assemble(spec: MDSpec, block_vectors, routing: Routing, fill: float = float(
     Ids without a slot get ``fill``.
     """
     # Slots are distinct, so the gather's transpose is a scatter without collisions.
-    return jnp.concatenate(block_vectors, axis=0).at[routing.slot].get(
-        mode="fill", fill_value=fill, unique_indices=True, wrap_negative_indices=False
-    )
+    return take_rows(jnp.concatenate(block_vectors, axis=0), routing.slot, fill, unique_indices=True)
+
+
+def _row_view(table: jax.Array) -> tuple[int, ...] | None:
+    """The shape through which rows of a 2-D table are gathered and scattered fastest.
+
+    XLA's CPU code for a gather of whole rows ``[d]`` runs a few times faster
+    when each row is seen as ``[d / w, w]`` with ``w`` 4 (or 2) than as one slice
+    of ``d`` (d=64, 32,768 rows of a 138k-row table: about 0.9 ms instead of 2.8 ms
+    on a 2-core CPU), and scatters are no slower. The result is the same; only
+    the loop XLA emits differs. ``None``: use the table as it is.
+    """
+    if table.ndim != 2:
+        return None
+    d = table.shape[1]
+    for width in (4, 2):
+        if d > width and d % width == 0:
+            return (table.shape[0], d // width, width)
+    return None
+
+
+def take_rows(table: jax.Array, rows: jax.Array, fill_value=0, unique_indices: bool = False) -> jax.Array:
+    """``table[rows]`` for a batch of row ids ``[B]``; ids outside ``[0, n)`` (negative
+    ones included) give ``fill_value``. Differentiable; the fast form of the gather
+    (see :func:`_row_view`)."""
+    view = _row_view(table)
+    source = table if view is None else table.reshape(view)
+    out = source.at[rows].get(mode="fill", fill_value=fill_value, unique_indices=unique_indices,
+                              wrap_negative_indices=False)
+    return out if view is None else out.reshape(rows.shape[0], table.shape[1])
+
+
+def scatter_rows(table: jax.Array, rows: jax.Array, values: jax.Array, op: str = "add",
+                 unique_indices: bool = False) -> jax.Array:
+    """``table.at[rows].add(values)`` (``op="add"``) or ``.set(values)`` (``op="set"``);
+    ids outside ``[0, n)`` (negative ones included) are dropped. The same view of
+    the rows as :func:`take_rows`."""
+    view = _row_view(table)
+    target = table if view is None else table.reshape(view)
+    update = values if view is None else values.reshape((values.shape[0],) + view[1:])
+    ref = target.at[rows]
+    if op == "add":
+        out = ref.add(update, mode="drop", unique_indices=unique_indices, wrap_negative_indices=False)
+    elif op == "set":
+        out = ref.set(update, mode="drop", unique_indices=unique_indices, wrap_negative_indices=False)
+    else:
+        raise ValueError(f"op must be 'add' or 'set', got {op!r}")
+    return out if view is None else out.reshape(table.shape)
 
 
 def _block_vectors(params: MDParams, block: int, rows: jax.Array, project_table: bool) -> jax.Array:
@@ -288,7 +335,7 @@ def _block_vectors(params: MDParams, block: int, rows: jax.Array, project_table:
     projection = params.projections[block]
     if projection is not None and project_table:
         table, projection = table @ projection, None
-    vectors = table.at[rows].get(mode="fill", fill_value=0, wrap_negative_indices=False)
+    vectors = take_rows(table, rows)
     return vectors if projection is None else vectors @ projection
 
 
@@ -441,7 +488,7 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
     elif capacities is None:
         out = _lookup_masked(params, spec, flat)
     elif capacity == "auto" and spec.n_rows <= 2 * batch:
-        out = materialize(params, spec).at[flat].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
+        out = take_rows(materialize(params, spec), flat, jnp.nan)
     else:
         out = _lookup_grouped_or_masked(params, flat, spec, capacities)
     return out.reshape(*ids.shape, spec.base_dim)

@@ -35,6 +35,7 @@ classic MF SGD does; it touches only the rows of the batch. ``weight_decay``
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -368,13 +369,13 @@ def _combine_duplicates(rows: jax.Array, grads: jax.Array, n_rows: int):
 def _update_rows(table, state, rows, grads, row_opt: RowOptimizer, step):
     n = table.shape[0]
     if row_opt.delta is not None:
-        return table.at[rows].add(row_opt.delta(grads), mode="drop"), state
+        return embedding.scatter_rows(table, rows, row_opt.delta(grads)), state
     unique, summed = _combine_duplicates(rows, grads, n)
-    current = table.at[unique].get(mode="fill", fill_value=0)
-    current_state = tuple(s.at[unique].get(mode="fill", fill_value=0) for s in state)
+    current = embedding.take_rows(table, unique)
+    current_state = tuple(embedding.take_rows(s, unique) for s in state)
     new_rows, new_state = row_opt.update(summed, current_state, current, step)
-    table = table.at[unique].set(new_rows, mode="drop", unique_indices=True)
-    state = tuple(s.at[unique].set(ns, mode="drop", unique_indices=True) for s, ns in zip(state, new_state))
+    table = embedding.scatter_rows(table, unique, new_rows, "set", unique_indices=True)
+    state = tuple(embedding.scatter_rows(s, unique, ns, "set", unique_indices=True) for s, ns in zip(state, new_state))
     return table, state
 
 
@@ -399,9 +400,7 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, r
     gathered = {}
     for name, side, _ in config.embeddings:
         gathered[name] = tuple(
-            block.at[rows].get(mode="fill", fill_value=0)
-            for block, rows in zip(params["tables"][name], routing[side].rows)
-        )
+            embedding.take_rows(block, rows) for block, rows in zip(params["tables"][name], routing[side].rows))
     if config.biases:
         for name, side in (("user_bias", "user"), ("item_bias", "item")):
             gathered[name] = params["tables"][name].at[ids[side]].get(
@@ -708,10 +707,15 @@ class FitResult:
       model: the model (structure and id maps).
       params: the parameters (the best epoch's when ``restore_best``).
       state: the final train state (for resuming).
+      params: the parameters: the refit's when there was one (see :func:`fit`'s
+        ``refit``), else the best epoch's when ``restore_best``, else the last.
+      state: the final train state (for resuming), the refit's when there was one.
       history: one dict per epoch: ``epoch``, ``train_loss``, ``train_mse``,
         ``val_mse``, ``val_rmse`` (when validating), ``seconds``.
-      best_epoch: the epoch whose parameters were kept (1-based), or the last.
+      best_epoch: the epoch whose parameters were kept (1-based), or the last;
+        with a refit, the number of epochs it ran.
       stopped_early: whether patience ran out.
+      refit_history: the refit's epochs (no validation metrics); empty without one.
     """
 
     model: Model
@@ -720,18 +724,36 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    refit_history: list[dict] = field(default_factory=list)
+
+
+def _by_user(encoded: dict) -> dict[str, np.ndarray]:
+    """The training arrays ordered by user row (stable): with :func:`_epoch_order`'s
+    sorted batches, a step then reads and writes the user table in increasing row order."""
+    order = np.argsort(encoded["users"], kind="stable")
+    return {key: np.ascontiguousarray(value[order]) for key, value in encoded.items()}
 
 
 def _epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     """The seeded shuffle of one epoch, padded to whole batches: int32 ``[n_batches, batch_size]``.
 
+    Which ratings share a batch is the seeded shuffle's; within a batch the
+    positions are sorted (the padding of the last batch stays at its end). The
+    order inside a batch does not change a step's result (up to float rounding
+    of sums), but on data ordered by user (:func:`_by_user`) it makes the
+    table gathers and scatters of a step run over increasing rows, which is
+    about 1.1-1.2x faster on a CPU for tables larger than the caches.
     Shuffling on the host (numpy) is much faster than ``jax.random.permutation``
     on a CPU, and overlaps with the previous epoch's computation.
     """
     n_batches = -(-n // batch_size)
     order = np.zeros(n_batches * batch_size, np.int32)
     order[:n] = np.random.default_rng([seed, epoch]).permutation(n)
-    return order.reshape(n_batches, batch_size)
+    order = order.reshape(n_batches, batch_size)
+    order[: n // batch_size].sort(axis=1)
+    if n % batch_size:
+        order[-1, : n % batch_size].sort()
+    return order
 
 
 def _epoch_fn(step, n: int, batch_size: int):
@@ -782,7 +804,8 @@ def fit(
     patience: int | None = 5,
     restore_best: bool = True,
     seed: int = 0,
-    progress: bool = True,
+    refit: bool = True,
+    progress: bool | str = True,
     callbacks: Sequence[Callable] = (),
     initial_state: TrainState | None = None,
     start_epoch: int = 0,
@@ -812,7 +835,17 @@ def fit(
       patience: stop after this many epochs without a better validation MSE.
       restore_best: return the parameters of the best validation epoch.
       seed: seeds the parameters, the validation carve-out and every epoch's shuffle.
-      progress: show a progress bar (tqdm) with loss and validation RMSE.
+      refit: when ``validation`` is a fraction carved from ``train``, use the
+        carved-off part only to choose the number of epochs: after early
+        stopping, train again from the same seed on *all* of ``train`` for the
+        best epoch's count (the last epoch's without ``restore_best``) and
+        return that model. It costs about twice the epochs and gives a better
+        model (ml-100k, MF defaults, split seeds 0-2: test RMSE 0.902 against
+        0.908 without, ``benchmarks/bench_accuracy.py``). Ignored for an explicit
+        validation set or None. With ``checkpoint``, the refit checkpoints to
+        ``checkpoint + ".refit"``; ``callbacks`` see the first phase only.
+      progress: show a progress bar (tqdm) with loss and validation RMSE; a
+        string labels the bar.
       callbacks: ``callback(epoch, logs, state)`` after every epoch; returning True stops training.
       initial_state, start_epoch: resume from a state after ``start_epoch`` epochs
         (gives the same result as an uninterrupted run).
@@ -833,7 +866,9 @@ def fit(
     """
     from . import data as data_, io as io_
 
-    if validation is not None and not hasattr(validation, "ratings"):
+    full_train, requested_batch = train, batch_size
+    carved = validation is not None and not hasattr(validation, "ratings")
+    if carved:
         fraction = float(validation)
         train, validation = data_.split(train, "random", test_fraction=fraction, seed=seed + 7919)
     config = model.config
@@ -843,7 +878,7 @@ def fit(
         opt = optimizer(optimizer_name, learning_rate, sparse=bool(sparse), weight_decay=weight_decay)
     opt = _as_optimizer(opt)
     step = make_train_step(model, opt, l2=l2, mesh=mesh, data_axis=data_axis, model_axis=model_axis)
-    encoded = model.encode(train)
+    encoded = _by_user(model.encode(train))
     n = len(train)
     if n == 0:
         raise ValueError("fit: the training set is empty")
@@ -855,11 +890,12 @@ def fit(
     best = {"mse": math.inf, "epoch": 0, "params": None, "bad": 0}
     state = initial_state
     if checkpoint is not None and state is None:
-        import os
-
         if os.path.exists(checkpoint):
             loaded = io_.load(checkpoint, opt=opt)
             state, start_epoch = loaded.state, loaded.meta.get("epoch", 0)
+            if start_epoch > epochs:
+                raise ValueError(f"fit: the checkpoint {checkpoint} holds {start_epoch} epochs, more than "
+                                 f"epochs={epochs}; ask for at least {start_epoch} epochs or use another path")
             history = loaded.meta.get("history", [])
             best.update(loaded.meta.get("best", {}))
             best["params"] = loaded.best_params
@@ -887,7 +923,8 @@ def fit(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, initial=start_epoch, desc=f"fit {config.kind}", unit="epoch", leave=False)
+        label = progress if isinstance(progress, str) else f"fit {config.kind}"
+        bar = tqdm(total=epochs, initial=start_epoch, desc=label, unit="epoch", leave=False)
     stopped = False
     next_order = None
     try:
@@ -949,4 +986,15 @@ def fit(
         params, best_epoch = best["params"], best["epoch"]
     state = unpadded(state)
     params = unpadded(state._replace(params=params)).params
+    if refit and carved and best_epoch > 0:
+        refit_checkpoint = None if checkpoint is None else f"{checkpoint}.refit"
+        if refit_checkpoint is not None and os.path.exists(refit_checkpoint):
+            if io_.load(refit_checkpoint).meta.get("epoch", 0) > best_epoch:
+                os.remove(refit_checkpoint)  # a refit of another run (a longer one): start it again
+        again = fit(model, full_train, None, epochs=best_epoch, batch_size=requested_batch, l2=l2, opt=opt,
+                    patience=None, restore_best=False, seed=seed, refit=False,
+                    progress=f"refit {config.kind}" if progress else False,
+                    checkpoint=refit_checkpoint,
+                    mesh=mesh, data_axis=data_axis, model_axis=model_axis)
+        return FitResult(model, again.params, again.state, history, best_epoch, stopped, again.history)
     return FitResult(model, params, state, history, best_epoch, stopped)

@@ -1,6 +1,7 @@
 """The MD layer against naive per-id references, under jit, grad and vmap."""
 
 import json
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -240,3 +241,41 @@ def test_params_are_a_pytree():
     assert len(jax.tree.leaves(params)) == 3  # two tables, one projection
     doubled = jax.tree.map(lambda x: 2 * x, params)
     assert doubled.projections[0] is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.sampled_from([(7,), (7, 1), (7, 2), (7, 3), (7, 4), (7, 6), (7, 8), (7, 12), (5, 64)]),
+    ids=st.lists(st.integers(-3, 10), min_size=1, max_size=20),
+    seed=st.integers(0, 50),
+)
+def test_take_and_scatter_rows_match_numpy(shape, ids, seed):
+    """The reshaped gathers and scatters of table rows against numpy, out-of-range ids included."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal(shape).astype(np.float32)
+    ids = np.array(ids, np.int32)
+    values = rng.standard_normal((len(ids),) + shape[1:]).astype(np.float32)
+    valid = (ids >= 0) & (ids < shape[0])
+
+    want = np.where(valid.reshape((-1,) + (1,) * (len(shape) - 1)), table[np.where(valid, ids, 0)], np.float32(-1.5))
+    got = jax.jit(partial(embedding.take_rows, fill_value=-1.5))(table, ids)
+    np.testing.assert_array_equal(got, want)
+
+    added = table.copy()
+    np.add.at(added, ids[valid], values[valid])
+    np.testing.assert_allclose(jax.jit(embedding.scatter_rows)(table, ids, values), added, rtol=1e-6, atol=1e-6)
+
+    _, first = np.unique(ids, return_index=True)  # one update per row for "set"
+    unique = np.full_like(ids, shape[0] + 5)
+    unique[first] = ids[first]
+    unique_valid = (unique >= 0) & (unique < shape[0])
+    written = table.copy()
+    written[unique[unique_valid]] = values[unique_valid]
+    got = jax.jit(partial(embedding.scatter_rows, op="set", unique_indices=True))(table, unique, values)
+    np.testing.assert_array_equal(got, written)
+
+    weights = rng.standard_normal(values.shape).astype(np.float32)
+    grad = jax.grad(lambda t: jnp.sum(embedding.take_rows(t, jnp.asarray(ids)) * weights))(jnp.asarray(table))
+    want_grad = np.zeros_like(table)
+    np.add.at(want_grad, ids[valid], weights[valid])
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)

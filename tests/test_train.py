@@ -156,10 +156,43 @@ def test_resuming_is_exact(small_data, tmp_path):
     train.fit(model, train_part, epochs=3, checkpoint=str(path), **kwargs)
     resumed = train.fit(model, train_part, epochs=6, checkpoint=str(path), **kwargs)
     assert [h["epoch"] for h in resumed.history] == list(range(1, 7))
+    assert len(resumed.refit_history) == resumed.best_epoch and (tmp_path / "run.mdcf.refit").exists()
     for x, y in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(x, y)
     for x, y in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_refit_trains_again_on_all_of_train(small_data):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=8)
+    kwargs = dict(batch_size=256, progress=False, seed=2, learning_rate=1e-2)
+    refit = train.fit(model, train_part, epochs=8, **kwargs)  # validation carved from train: refit by default
+    assert "val_mse" in refit.history[0] and len(refit.refit_history) == refit.best_epoch
+    assert all("val_mse" not in h for h in refit.refit_history)
+    manual = train.fit(model, train_part, None, epochs=refit.best_epoch, **kwargs)
+    for x, y in zip(jax.tree.leaves((refit.params, refit.state)), jax.tree.leaves((manual.params, manual.state))):
+        np.testing.assert_array_equal(x, y)
+    plain = train.fit(model, train_part, epochs=8, refit=False, **kwargs)
+    assert plain.refit_history == [] and plain.best_epoch == refit.best_epoch
+    assert not np.array_equal(plain.params["tables"]["user"][0], refit.params["tables"]["user"][0])
+    fit_part, val = data.split(train_part, "random", 0.1, seed=1)
+    explicit = train.fit(model, fit_part, val, epochs=3, **kwargs)  # an explicit validation set: no refit
+    assert explicit.refit_history == []
+
+
+def test_stale_refit_checkpoint_is_replaced_and_too_short_runs_refused(small_data, tmp_path):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=4)
+    kwargs = dict(batch_size=512, progress=False, seed=1, patience=None)
+    path = tmp_path / "run.mdcf"
+    train.fit(model, train_part, None, epochs=7, checkpoint=f"{path}.refit", **kwargs)  # longer than any refit below
+    fresh = train.fit(model, train_part, epochs=4, **kwargs)
+    resumed = train.fit(model, train_part, epochs=4, checkpoint=str(path), **kwargs)
+    for x, y in zip(jax.tree.leaves(fresh.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="holds 4 epochs, more than epochs=2"):
+        train.fit(model, train_part, epochs=2, checkpoint=str(path), **kwargs)
 
 
 def test_early_stopping_restores_the_best_epoch(small_data):
@@ -308,3 +341,29 @@ def test_rowwise_adagrad_step_matches_numpy():
     np.testing.assert_array_equal(np.asarray(new.params["tables"]["user"][0])[[0, 2]], users[[0, 2]].astype(np.float32))
     with pytest.raises(ValueError, match="row-sparse updates only"):
         train.optimizer("rowwise_adagrad", 0.1, sparse=False)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 300), batch=st.integers(1, 64), seed=st.integers(0, 5), epoch=st.integers(0, 3))
+def test_epoch_order_sorts_within_batches_of_the_seeded_shuffle(n, batch, seed, epoch):
+    order = train._epoch_order(seed, epoch, n, batch)
+    n_batches = -(-n // batch)
+    assert order.shape == (n_batches, batch) and order.dtype == np.int32
+    shuffle = np.zeros(n_batches * batch, np.int64)
+    shuffle[:n] = np.random.default_rng([seed, epoch]).permutation(n)
+    flat = order.reshape(-1)
+    for j in range(n_batches):  # the same ratings share a batch as in the plain shuffle
+        real = min(batch, n - j * batch)
+        np.testing.assert_array_equal(order[j, :real], np.sort(shuffle[j * batch:j * batch + real]))
+    np.testing.assert_array_equal(np.sort(flat[:n]), np.arange(n))  # every rating once, padding last
+    assert not flat[n:].any()
+
+
+def test_training_arrays_are_ordered_by_user():
+    rng = np.random.default_rng(0)
+    encoded = {"users": rng.integers(0, 9, 50).astype(np.int32), "items": rng.integers(0, 7, 50).astype(np.int32),
+               "ratings": rng.random(50).astype(np.float32)}
+    ordered = train._by_user(encoded)
+    assert np.all(np.diff(ordered["users"]) >= 0)
+    key = lambda d: sorted(zip(d["users"].tolist(), d["items"].tolist(), d["ratings"].tolist()))  # noqa: E731
+    assert key(ordered) == key(encoded)
