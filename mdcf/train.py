@@ -756,7 +756,15 @@ def _epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     return order
 
 
-def _epoch_fn(step, n: int, batch_size: int):
+def _unroll(opt: Optimizer) -> int:
+    """Steps per iteration of an epoch's scan. Dense steps (small tables) are short
+    enough that the loop's own cost shows: two per iteration make an ml-100k MF
+    epoch about 1.2x faster on a 2-core CPU. Row-sparse steps are long, and
+    unrolling them only lengthens compilation."""
+    return 2 if opt.rows is None else 1
+
+
+def _epoch_fn(step, n: int, batch_size: int, unroll: int = 1):
     """A jitted epoch: a scan of train steps over the padded batches of ``order``."""
     n_batches = -(-n // batch_size)
 
@@ -771,7 +779,7 @@ def _epoch_fn(step, n: int, batch_size: int):
             state, metrics_ = step(state, batch)
             return state, (metrics_["loss"], metrics_["mse"], jnp.sum(w))
 
-        state, (losses, mses, sizes) = jax.lax.scan(body, state, (order, weight))
+        state, (losses, mses, sizes) = jax.lax.scan(body, state, (order, weight), unroll=unroll)
         return state, losses, mses, sizes
 
     return run
@@ -911,7 +919,7 @@ def fit(
         state = sharding_.shard_state(state, mesh, model_axis)
         order_sharding = sharding_.batch_sharding(mesh, data_axis, leading_dims=1)
         data = jax.tree.map(lambda x: jax.device_put(x, sharding_.replicated(mesh)), data)
-    run_epoch = _epoch_fn(step, n, batch_size)
+    run_epoch = _epoch_fn(step, n, batch_size, _unroll(opt))
 
     def unpadded(value):
         return value if mesh is None else sharding_.trim_state(value, config)
