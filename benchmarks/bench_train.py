@@ -115,6 +115,7 @@ def main() -> None:
     print(f"bench_train: MF d=64, batch {args.batch_size}, {os.cpu_count()} CPUs, jax {jax.__version__} "
           f"on {jax.devices()[0].platform}")
     print(f"{'ratings':>11} {'users x items':>19} | {'embedding, optimiser':<28} | {'epoch s':>8} {'M ratings/s':>11}")
+    rates = {}
     for scale in (1, 10):
         for n in sizes:
             ratings, _ = data.synthetic(USERS * scale, ITEMS * scale, n, rank=16, user_zipf=0.8, item_zipf=1.0,
@@ -122,9 +123,14 @@ def main() -> None:
             chosen = variants + ([("uniform, dense Adam", 0.0, "adam", False)] if n == sizes[0] and scale == 1 else [])
             for label, alpha, opt_name, sparse in chosen:
                 seconds, rate = epoch_throughput(ratings, alpha, opt_name, sparse, args.batch_size)
+                rates[scale, n, label] = rate
                 print(f"{n:>11,} {USERS * scale:>9,} x {ITEMS * scale:>7,} | {label:<28} | {seconds:>8.2f} {rate / 1e6:>11.2f}",
                       flush=True)
             del ratings
+    print("\nthroughput with 10x users and items / throughput at MovieLens-20M's size (1.00 = flat)")
+    for n in sizes:
+        print(f"{n:>11,} | " + ", ".join(f"{label}: {rates[10, n, label] / rates[1, n, label]:.2f}"
+                                          for label, *_ in variants))
     print("\nml-100k, seeded 90/10 split: fit throughput at the same dimension and epochs")
     print(f"{'method':<66} | {'fit s':>6} {'ratings/s':>10} {'x Surprise':>10} {'test RMSE':>9}")
     rows = surprise_vs_mdcf(args.data_dir)
