@@ -35,7 +35,7 @@ def main():
     for kind in sys.argv[1:] or ["mf", "neumf"]:
         model = models.build_model(ratings, kind, dim=8, alpha=0.5, blocks=3, layers=(8, 4))
         kwargs = dict(epochs=3, batch_size=256, progress=False, patience=None, validation=0.1, seed=1,
-                      optimizer_name="adam", learning_rate=3e-3, sparse=True)
+                      optimizer_name="adam", learning_rate=3e-3, sparse=True, refit=False)
         single = train.fit(model, ratings, **kwargs)
         for label, (d, m) in {"data": (4, 1), "rows": (1, 4), "both": (2, 2)}.items():
             seen = {}

@@ -136,8 +136,8 @@ def small_data():
 def test_fit_is_deterministic_and_learns(small_data):
     _, train_part, test = small_data
     model = models.build_model(train_part, "mf", dim=8, alpha=0.4, blocks=3)
-    a = train.fit(model, train_part, epochs=8, batch_size=256, progress=False, seed=3, sparse=True)
-    b = train.fit(model, train_part, epochs=8, batch_size=256, progress=False, seed=3, sparse=True)
+    a = train.fit(model, train_part, epochs=8, batch_size=256, progress=False, seed=3, sparse=True, refit=False)
+    b = train.fit(model, train_part, epochs=8, batch_size=256, progress=False, seed=3, sparse=True, refit=False)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(x, y)
     assert a.history[-1]["train_mse"] < a.history[0]["train_mse"]
@@ -150,13 +150,12 @@ def test_fit_is_deterministic_and_learns(small_data):
 def test_resuming_is_exact(small_data, tmp_path):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "neumf", dim=8, alpha=0.4, blocks=3, layers=(8, 4))
-    kwargs = dict(batch_size=256, progress=False, seed=5, patience=None, sparse=True)
+    kwargs = dict(batch_size=256, progress=False, seed=5, patience=None, sparse=True, refit=False)
     full = train.fit(model, train_part, epochs=6, **kwargs)
     path = tmp_path / "run.mdcf"
     train.fit(model, train_part, epochs=3, checkpoint=str(path), **kwargs)
     resumed = train.fit(model, train_part, epochs=6, checkpoint=str(path), **kwargs)
     assert [h["epoch"] for h in resumed.history] == list(range(1, 7))
-    assert len(resumed.refit_history) == resumed.best_epoch and (tmp_path / "run.mdcf.refit").exists()
     for x, y in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(x, y)
     for x, y in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
@@ -181,15 +180,17 @@ def test_refit_trains_again_on_all_of_train(small_data):
     assert explicit.refit_history == []
 
 
-def test_stale_refit_checkpoint_is_replaced_and_too_short_runs_refused(small_data, tmp_path):
+@pytest.mark.parametrize("refit_epochs_before", [1, 7])  # a refit to resume; a longer one to replace
+def test_refit_resumes_from_its_checkpoint_and_too_short_runs_are_refused(small_data, tmp_path, refit_epochs_before):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "mf", dim=4)
     kwargs = dict(batch_size=512, progress=False, seed=1, patience=None)
     path = tmp_path / "run.mdcf"
-    train.fit(model, train_part, None, epochs=7, checkpoint=f"{path}.refit", **kwargs)  # longer than any refit below
+    train.fit(model, train_part, None, epochs=refit_epochs_before, checkpoint=f"{path}.refit", **kwargs)
     fresh = train.fit(model, train_part, epochs=4, **kwargs)
     resumed = train.fit(model, train_part, epochs=4, checkpoint=str(path), **kwargs)
-    for x, y in zip(jax.tree.leaves(fresh.params), jax.tree.leaves(resumed.params)):
+    assert len(resumed.refit_history) == fresh.best_epoch == resumed.best_epoch
+    for x, y in zip(jax.tree.leaves((fresh.params, fresh.state)), jax.tree.leaves((resumed.params, resumed.state))):
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="holds 4 epochs, more than epochs=2"):
         train.fit(model, train_part, epochs=2, checkpoint=str(path), **kwargs)
