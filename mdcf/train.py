@@ -403,8 +403,7 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, r
             embedding.take_rows(block, rows) for block, rows in zip(params["tables"][name], routing[side].rows))
     if config.biases:
         for name, side in (("user_bias", "user"), ("item_bias", "item")):
-            gathered[name] = params["tables"][name].at[ids[side]].get(
-                mode="fill", fill_value=0, wrap_negative_indices=False)
+            gathered[name] = embedding.take_rows(params["tables"][name], ids[side])
 
     def loss_fn(rows, dense):
         vectors = {}
@@ -705,8 +704,6 @@ class FitResult:
 
     Attributes:
       model: the model (structure and id maps).
-      params: the parameters (the best epoch's when ``restore_best``).
-      state: the final train state (for resuming).
       params: the parameters: the refit's when there was one (see :func:`fit`'s
         ``refit``), else the best epoch's when ``restore_best``, else the last.
       state: the final train state (for resuming), the refit's when there was one.
