@@ -379,6 +379,39 @@ def _update_rows(table, state, rows, grads, row_opt: RowOptimizer, step):
     return table, state
 
 
+def _update_whole_block(table, state, rows, grads, row_opt: RowOptimizer, step):
+    """The row update of a block whose gradient was taken for the whole table
+    (:func:`_whole_blocks`): ``grads`` is ``[n, d]``, already summed per row;
+    ``rows[j] == j`` marks row ``j`` as touched by the batch, anything else as
+    untouched. Only touched rows change, as on the row-sparse path."""
+    touched = rows == jnp.arange(table.shape[0], dtype=rows.dtype)
+
+    def where(new, old):
+        return jnp.where(touched.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
+
+    if row_opt.delta is not None:
+        return table + where(row_opt.delta(grads), jnp.zeros_like(table)), state
+    new_rows, new_state = row_opt.update(grads, state, table, step)
+    return where(new_rows, table), tuple(where(n, o) for n, o in zip(new_state, state))
+
+
+def _whole_blocks(config: ModelConfig, tables: dict, routing: dict) -> dict:
+    """Per MD table, which blocks to differentiate whole (a static choice).
+
+    A block with no more rows than its slots is cheaper to project whole
+    (``E_i @ P_i``, ``n_i`` rows) and gather from than to project each of its
+    slots; its gradient is then taken for the whole table (already summed per
+    row) and applied to the touched rows only. One-block tables never are.
+    """
+    out = {}
+    for name, side, _ in config.embeddings:
+        if routing[side].slot is None:
+            out[name] = (False,)
+        else:
+            out[name] = tuple(t.shape[0] <= r.shape[0] for t, r in zip(tables[name], routing[side].rows))
+    return out
+
+
 def _route(spec: MDSpec, ids: jax.Array, capacities) -> embedding.Routing:
     """Block routing of a batch; a one-block table needs none (rows in batch order)."""
     if spec.n_blocks == 1:
@@ -395,12 +428,19 @@ def _batch_routing(config: ModelConfig, users, items, weights, capacities) -> di
 
 
 def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, routing, l2):
-    """Loss and gradients with respect to gathered rows (per table) and dense params."""
+    """Loss and gradients with respect to gathered rows (per table) and dense params.
+
+    Blocks chosen by :func:`_whole_blocks` are differentiated whole: their row
+    ids are ``arange(n)`` for touched rows (out of range for the others) and
+    their gradients ``[n, d]``, summed per row.
+    """
     ids = {"user": jnp.where(weights > 0, users, -1), "item": jnp.where(weights > 0, items, -1)}
+    whole = _whole_blocks(config, params["tables"], routing)
     gathered = {}
     for name, side, _ in config.embeddings:
         gathered[name] = tuple(
-            embedding.take_rows(block, rows) for block, rows in zip(params["tables"][name], routing[side].rows))
+            block if entire else embedding.take_rows(block, rows)
+            for block, rows, entire in zip(params["tables"][name], routing[side].rows, whole[name]))
     if config.biases:
         for name, side in (("user_bias", "user"), ("item_bias", "item")):
             gathered[name] = embedding.take_rows(params["tables"][name], ids[side])
@@ -408,10 +448,11 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, r
     def loss_fn(rows, dense):
         vectors = {}
         for name, side, spec in config.embeddings:
-            outputs = [
-                values if projection is None else values @ projection
-                for values, projection in zip(rows[name], dense["projections"][name])
-            ]
+            outputs = []
+            for values, projection, slots, entire in zip(
+                    rows[name], dense["projections"][name], routing[side].rows, whole[name]):
+                values = values if projection is None else values @ projection
+                outputs.append(embedding.take_rows(values, slots) if entire else values)
             if routing[side].slot is None:  # one block: rows are in batch order already
                 vectors[name] = outputs[0]
             else:
@@ -423,11 +464,21 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, r
 
     (loss, mse), (row_grads, dense_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         gathered, params["dense"])
-    row_ids = {name: routing[side].rows for name, side, _ in config.embeddings}
+    row_ids = {}
+    for name, side, _ in config.embeddings:
+        row_ids[name] = tuple(
+            _touched_rows(table.shape[0], rows) if entire else rows
+            for table, rows, entire in zip(params["tables"][name], routing[side].rows, whole[name]))
     if config.biases:
         row_ids["user_bias"] = jnp.where(ids["user"] >= 0, ids["user"], config.user.n_rows)
         row_ids["item_bias"] = jnp.where(ids["item"] >= 0, ids["item"], config.item.n_rows)
     return loss, mse, row_ids, row_grads, dense_grads
+
+
+def _touched_rows(n: int, rows: jax.Array) -> jax.Array:
+    """``[n]``: ``j`` where row ``j`` appears in ``rows``, ``n`` (out of range) elsewhere."""
+    touched = jnp.zeros(n, bool).at[rows].set(True, mode="drop")
+    return jnp.where(touched, jnp.arange(n, dtype=rows.dtype), n)
 
 
 def _mask_rows(tables: dict, row_ids: dict, active) -> dict:
@@ -443,20 +494,23 @@ def _mask_rows(tables: dict, row_ids: dict, active) -> dict:
 
 
 def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
-    def apply_updates(state, row_ids, row_grads, dense_grads, active=None):
+    def apply_updates(state, row_ids, row_grads, dense_grads, active=None, whole=None):
         # active (a traced bool; None: always): when False the state is left as it was:
         # rows are redirected out of range (scatters drop them) and the small dense
         # parameters, their optimiser state and the step count are kept.
+        # whole: _whole_blocks of the gradients (None: every block row-sparse, e.g. the
+        # concatenated chunks of the chunked step, whose row ids the general path handles).
         step = state.step + 1
         if active is not None:
             row_ids = _mask_rows(state.params["tables"], row_ids, active)
         tables, row_state = {}, {}
         for name, table in state.params["tables"].items():
             if isinstance(table, tuple):
+                entire = (False,) * len(table) if whole is None else whole[name]
                 pairs = [
-                    _update_rows(block, block_state, rows, grads, opt.rows, step)
-                    for block, block_state, rows, grads in zip(
-                        table, state.row_state[name], row_ids[name], row_grads[name])
+                    (_update_whole_block if e else _update_rows)(block, block_state, rows, grads, opt.rows, step)
+                    for block, block_state, rows, grads, e in zip(
+                        table, state.row_state[name], row_ids[name], row_grads[name], entire)
                 ]
                 tables[name] = tuple(p[0] for p in pairs)
                 row_state[name] = tuple(p[1] for p in pairs)
@@ -474,7 +528,8 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
     def main(state, routing, users, items, ratings, weights):
         loss, mse, row_ids, row_grads, dense_grads = _sparse_grads(
             config, state.params, users, items, ratings, weights, routing, l2)
-        return apply_updates(state, row_ids, row_grads, dense_grads), loss, mse
+        whole = _whole_blocks(config, state.params["tables"], routing)
+        return apply_updates(state, row_ids, row_grads, dense_grads, whole=whole), loss, mse
 
     def chunked(state, routing, users, items, ratings, weights):
         # Exact for any batch: chunks small enough that no block can overflow; the
@@ -519,7 +574,8 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
         fits = jnp.logical_and(routing["user"].fits, routing["item"].fits)
         loss, mse, row_ids, row_grads, dense_grads = _sparse_grads(
             config, state.params, users, items, ratings, weights, routing, l2)
-        state = apply_updates(state, row_ids, row_grads, dense_grads, active=fits)
+        whole = _whole_blocks(config, state.params["tables"], routing)
+        state = apply_updates(state, row_ids, row_grads, dense_grads, active=fits, whole=whole)
 
         def overflow(carry):
             new_state, loss, mse = chunked(carry[0], routing, users, items, ratings, weights)

@@ -279,3 +279,44 @@ def test_take_and_scatter_rows_match_numpy(shape, ids, seed):
     want_grad = np.zeros_like(table)
     np.add.at(want_grad, ids[valid], weights[valid])
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.integers(0, 18), min_size=1, max_size=700), k_extra=st.integers(0, 3),
+       chunk=st.sampled_from([1, 2, 7, 64, 128, 255]))
+def test_ranks_match_counting(values, k_extra, chunk):
+    """Each entry's rank is the number of earlier entries with the same value (packed chunks and
+    the plain one-hot form, against a count)."""
+    values = np.array(values, np.int32)
+    k = int(values.max()) + 1 + k_extra
+    want = np.array([np.sum(values[:i] == v) for i, v in enumerate(values)])
+    for packed_from in (0, 10**9):
+        got = jax.jit(partial(embedding._ranks, k=k, chunk=chunk, packed_from=packed_from))(values)
+        np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(spec=specs(max_blocks=6), ids=st.lists(st.integers(-4, 60), min_size=1, max_size=300),
+       capacity=st.integers(1, 120))
+def test_route_groups_every_id_that_fits(spec, ids, capacity):
+    """route: rows per block in batch order, distinct slots, and ``fits`` exactly when no block overflows."""
+    ids = np.array(ids, np.int32)
+    capacities = (capacity,) * spec.n_blocks
+    routing = jax.jit(partial(embedding.route, spec, capacities=capacities))(ids)
+    offsets = np.array(spec.offsets + (spec.n_rows,))
+    valid = (ids >= 0) & (ids < spec.n_rows)
+    block = np.searchsorted(offsets, ids, side="right") - 1
+    slot = np.asarray(routing.slot)
+    for i, size in enumerate(spec.sizes):
+        mine = ids[valid & (block == i)] - offsets[i]
+        kept = mine[:capacity]
+        rows = np.asarray(routing.rows[i])
+        np.testing.assert_array_equal(rows[:len(kept)], kept)
+        assert (rows[len(kept):] == size).all()
+        positions = np.flatnonzero(valid & (block == i))[:capacity]
+        np.testing.assert_array_equal(slot[positions], i * capacity + np.arange(len(positions)))
+    has_slot = slot < capacity * spec.n_blocks
+    assert len(set(slot[has_slot].tolist())) == has_slot.sum()
+    assert not has_slot[~valid].any()
+    overflow = any(np.sum(valid & (block == i)) > capacity for i in range(spec.n_blocks))
+    assert bool(routing.fits) == (not overflow)

@@ -39,10 +39,24 @@ def assert_params_close(a, b, rtol=1e-5, atol=1e-6):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
+# Blocks of 300 and 200 rows hold more rows than their slots in a batch of 64: they are
+# updated row by row, the smaller blocks whole (train._whole_blocks).
+USER_LARGE = MDSpec((4, 10, 300), (8, 4, 2), 8, loads=(0.4, 0.3, 0.3))
+ITEM_LARGE = MDSpec((6, 200), (8, 3), 8, loads=(0.5, 0.5))
+
+
 @pytest.mark.parametrize("kind", ["mf", "neumf"])
 @pytest.mark.parametrize("name", ["sgd", "adagrad"])
-def test_row_sparse_matches_dense(kind, name):
-    config = ModelConfig(kind, USER, ITEM, layers=(8, 4))
+@pytest.mark.parametrize("large", [False, True])
+def test_row_sparse_matches_dense(kind, name, large):
+    config = ModelConfig(kind, USER_LARGE, ITEM_LARGE, layers=(8, 4)) if large else ModelConfig(kind, USER, ITEM, layers=(8, 4))
+    if large:
+        routing = train._batch_routing(config, *(jnp.asarray(batch_of(0)[k]) for k in ("users", "items", "weights")),
+                                       {"user": embedding.block_capacities(USER_LARGE, 64),
+                                        "item": embedding.block_capacities(ITEM_LARGE, 64)})
+        whole = train._whole_blocks(config, train.init_state(jax.random.key(0), config, train.optimizer("sgd", 0.1)).params["tables"], routing)
+        assert whole == {name: {"user": (True, True, False), "item": (True, False)}[side]
+                         for name, side, _ in config.embeddings}
     batches = [batch_of(s) for s in range(4)]
     sparse = run_steps(config, train.optimizer(name, 0.05, sparse=True), batches)
     dense = run_steps(config, train.optimizer(name, 0.05, sparse=False), batches)
@@ -83,6 +97,30 @@ def test_overflow_fallback_with_adam_matches_slots_that_always_fit(kind):
     assert_params_close(auto_state.params, roomy_state.params)
     assert_params_close((auto_state.dense_state, auto_state.row_state), (roomy_state.dense_state, roomy_state.row_state))
     np.testing.assert_allclose(auto_metrics["loss"], roomy_metrics["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "rowwise_adagrad", "adam"])
+def test_whole_block_update_matches_row_updates(name):
+    """A block updated whole (gradients summed per row, touched rows marked) equals the
+    row-by-row update of the batch's rows, duplicates and out-of-range slots included."""
+    rng = np.random.default_rng(1)
+    opt = train.optimizer(name, 0.05, sparse=True).rows
+    table = jnp.asarray(rng.standard_normal((12, 5)).astype(np.float32))
+    state = tuple(s + jnp.asarray(rng.uniform(0, 0.5, s.shape).astype(np.float32)) for s in opt.init(table))
+    rows = np.array([3, 7, 3, 0, 12, 11, 3, 12, 5], np.int32)  # 12: an unused slot
+    grads = rng.standard_normal((len(rows), 5)).astype(np.float32)
+    step = jnp.asarray(4)
+    want_table, want_state = train._update_rows(table, state, jnp.asarray(rows), jnp.asarray(grads), opt, step)
+    summed = np.zeros((12, 5), np.float32)
+    np.add.at(summed, rows[rows < 12], grads[rows < 12])
+    touched = train._touched_rows(12, jnp.asarray(rows))
+    np.testing.assert_array_equal(touched, [0, 12, 12, 3, 12, 5, 12, 7, 12, 12, 12, 11])
+    got_table, got_state = train._update_whole_block(table, state, touched, jnp.asarray(summed), opt, step)
+    np.testing.assert_allclose(got_table, want_table, rtol=1e-6, atol=1e-7)
+    for got, want in zip(got_state, want_state):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    untouched = np.setdiff1d(np.arange(12), rows)
+    np.testing.assert_array_equal(np.asarray(got_table)[untouched], np.asarray(table)[untouched])
 
 
 def test_lazy_adam_leaves_absent_rows_alone():
