@@ -8,13 +8,16 @@ Two ways to update parameters:
   a batch are summed, and the rows and their row-wise optimiser state are
   updated and scattered back. Dense parameters (projections, MLP, global bias)
   use the optax transformation. A step costs the same whatever the table sizes.
+  MD blocks with no more rows than their slots in a batch (the small, popular
+  blocks) are projected whole and gathered from; their gradient, summed per row,
+  updates only the rows the batch touched, exactly as the row path would.
 * **Dense**: one optax transformation over every parameter (``jax.grad`` of the
   whole pytree); each step touches every row of every table.
 
 Row optimisers and how they relate to their dense counterparts:
 
-* :func:`row_sgd` gives exactly the dense SGD result (untouched rows have zero
-  gradient either way).
+* :func:`row_sgd` gives the dense SGD result (untouched rows have zero
+  gradient either way; sums of duplicate rows may round differently).
 * :func:`row_adagrad` gives exactly the dense (optax) Adagrad result for the
   same reason: a zero gradient leaves the accumulator and the row unchanged.
 * :func:`row_rowwise_adagrad` keeps one accumulator per row (DLRM's choice for

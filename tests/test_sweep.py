@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,9 +39,18 @@ def test_models_for_a_budget_are_within_one_percent(kind):
         assert md.config.user.n_blocks == 3 and md.config.item.n_blocks == 3
 
 
-def test_sweep_rows_resume_and_selection(ratings, tmp_path):
+@pytest.fixture(scope="module")
+def swept(ratings, tmp_path_factory):
+    """One small sweep shared by the tests that read it (each works on its own copy)."""
+    out = tmp_path_factory.mktemp("swept")
+    return out, sweep.run_sweep(small_config(), out, ratings=ratings, progress=False)
+
+
+def test_sweep_rows_resume_and_selection(ratings, swept, tmp_path):
     config = small_config()
-    rows = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False)
+    shutil.copytree(swept[0], tmp_path, dirs_exist_ok=True)
+    rows = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False)  # all done: read back
+    assert [r["seconds"] for r in rows] == [r["seconds"] for r in swept[1]]
     assert len(rows) == 2 * 2 * 2  # budgets x alphas x l2 grid
     assert all(r["status"] == "ok" for r in rows)
     for r in rows:
@@ -86,11 +96,11 @@ def test_results_with_foreign_columns_are_refused(tmp_path):
         sweep.read_results(tmp_path / "results.csv")
 
 
-def test_plots_write_png_and_pdf(ratings, tmp_path):
+def test_plots_write_png_and_pdf(ratings, swept, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    rows = sweep.run_sweep(small_config(), tmp_path, ratings=ratings, progress=False)
+    rows = swept[1]
     for name, figure in (("curves", plots.budget_curves(rows)), ("ablation", plots.alpha_ablation(rows))):
         png, pdf = plots.save(figure, tmp_path / name)
         assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:4] == b"%PDF"
