@@ -238,11 +238,15 @@ class Routing(NamedTuple):
       slot: ``[B]`` index of each id in the stacked block outputs
         (``sum(capacities)`` for ids without a slot).
       fits: scalar bool, True when every in-range id got a slot.
+      positions: per block, ``[capacity_i]`` batch positions of the ids in its
+        slots (the inverse of ``slot``); unused slots hold ``B``, one past the
+        batch. ``None``: :func:`assemble` uses ``slot`` instead.
     """
 
     rows: tuple[jax.Array, ...]
     slot: jax.Array
     fits: jax.Array
+    positions: tuple[jax.Array, ...] | None = None
 
 
 def route(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...]) -> Routing:
@@ -268,7 +272,11 @@ def route(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...]) -> Routing:
         jnp.where(part < 0, size, part)
         for part, size in zip(jnp.split(grouped, starts_host[1:].tolist()), spec.sizes)
     )
-    return Routing(rows, slot, jnp.all(has_slot == valid))
+    batch = flat.shape[0]
+    placed = jnp.full(total, batch, flat.dtype).at[slot].set(
+        jnp.arange(batch, dtype=flat.dtype), mode="drop", unique_indices=True)
+    positions = tuple(jnp.split(placed, starts_host[1:].tolist()))
+    return Routing(rows, slot, jnp.all(has_slot == valid), positions)
 
 
 def _ranks(values: jax.Array, k: int, chunk: int = 128, packed_from: int = 1024) -> jax.Array:
@@ -316,9 +324,22 @@ def assemble(spec: MDSpec, block_vectors, routing: Routing, fill: float = float(
     """Batch-ordered ``[B, d0]`` vectors from per-block ``[capacity_i, d0]`` outputs.
 
     Ids without a slot get ``fill``.
+
+    Each block's vectors are scatter-added into their batch positions
+    (``routing.positions``; slots are distinct, so nothing collides): on a CPU
+    this is cheaper than stacking the blocks and gathering, and its transpose is
+    one gather per block instead of a scatter into a zero-filled stack.
     """
-    # Slots are distinct, so the gather's transpose is a scatter without collisions.
-    return take_rows(jnp.concatenate(block_vectors, axis=0), routing.slot, fill, unique_indices=True)
+    if routing.positions is None:
+        return take_rows(jnp.concatenate(block_vectors, axis=0), routing.slot, fill, unique_indices=True)
+    batch = routing.slot.shape[0]
+    out = jnp.zeros((batch, spec.base_dim), block_vectors[0].dtype)
+    for vectors, positions in zip(block_vectors, routing.positions):
+        out = scatter_rows(out, positions, vectors, "add", unique_indices=True)
+    if fill == 0:
+        return out
+    total = sum(v.shape[0] for v in block_vectors)
+    return jnp.where((routing.slot < total)[:, None], out, jnp.asarray(fill, out.dtype))
 
 
 def _row_view(table: jax.Array) -> tuple[int, ...] | None:
@@ -498,7 +519,7 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
       ids: integer array of any shape, rows in ``[0, spec.n_rows)``.
       capacity: performance knob, never a change in results. ``"auto"``
         (default) picks the cheapest exact strategy: when the layer has at most
-        twice as many rows as the batch, every block is projected once and the
+        as many rows as the batch, every block is projected once and the
         ids gathered from the result; otherwise ids are grouped by block and block ``i``
         gathers and projects only ``block_capacities(spec, batch)[i]`` slots
         (blocks smaller than their slots are projected whole). A batch that
@@ -527,7 +548,7 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
         out = _block_vectors(params, 0, flat, False)
     elif capacities is None:
         out = _lookup_masked(params, spec, flat)
-    elif capacity == "auto" and spec.n_rows <= 2 * batch:
+    elif capacity == "auto" and spec.n_rows <= batch:
         out = take_rows(materialize(params, spec), flat, jnp.nan)
     else:
         out = _lookup_grouped_or_masked(params, flat, spec, capacities)
