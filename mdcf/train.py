@@ -390,10 +390,10 @@ def _update_whole_block(table, state, rows, grads, row_opt: RowOptimizer, step):
     touched = rows == jnp.arange(table.shape[0], dtype=rows.dtype)
 
     def where(new, old):
-        return jnp.where(touched.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
+        return jnp.where(touched.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
     if row_opt.delta is not None:
-        return table + where(row_opt.delta(grads), jnp.zeros_like(table)), state
+        return table + where(row_opt.delta(grads), 0), state
     new_rows, new_state = row_opt.update(grads, state, table, step)
     return where(new_rows, table), tuple(where(n, o) for n, o in zip(new_state, state))
 
@@ -435,7 +435,8 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, r
 
     Blocks chosen by :func:`_whole_blocks` are differentiated whole: their row
     ids are ``arange(n)`` for touched rows (out of range for the others) and
-    their gradients ``[n, d]``, summed per row.
+    their gradients ``[n, d]``, summed per row. Returns ``(loss, mse, row_ids,
+    row_grads, dense_grads, whole)``, ``whole`` that choice.
     """
     ids = {"user": jnp.where(weights > 0, users, -1), "item": jnp.where(weights > 0, items, -1)}
     whole = _whole_blocks(config, params["tables"], routing)
@@ -475,7 +476,7 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, r
     if config.biases:
         row_ids["user_bias"] = jnp.where(ids["user"] >= 0, ids["user"], config.user.n_rows)
         row_ids["item_bias"] = jnp.where(ids["item"] >= 0, ids["item"], config.item.n_rows)
-    return loss, mse, row_ids, row_grads, dense_grads
+    return loss, mse, row_ids, row_grads, dense_grads, whole
 
 
 def _touched_rows(n: int, rows: jax.Array) -> jax.Array:
@@ -529,9 +530,8 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
         return TrainState({"tables": tables, "dense": dense}, dense_state, row_state, step)
 
     def main(state, routing, users, items, ratings, weights):
-        loss, mse, row_ids, row_grads, dense_grads = _sparse_grads(
+        loss, mse, row_ids, row_grads, dense_grads, whole = _sparse_grads(
             config, state.params, users, items, ratings, weights, routing, l2)
-        whole = _whole_blocks(config, state.params["tables"], routing)
         return apply_updates(state, row_ids, row_grads, dense_grads, whole=whole), loss, mse
 
     def chunked(state, routing, users, items, ratings, weights):
@@ -553,7 +553,7 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
             # Each chunk's loss is scaled to its share of the batch's total weight.
             share = jnp.maximum(jnp.sum(w), 1.0) / total
             chunk_caps = {"user": (size,) * config.user.n_blocks, "item": (size,) * config.item.n_blocks}
-            loss, mse, row_ids, row_grads, dense_grads = _sparse_grads(
+            loss, mse, row_ids, row_grads, dense_grads, _ = _sparse_grads(
                 config, state.params, u, i, r, w, _batch_routing(config, u, i, w, chunk_caps), l2)
             scale = lambda tree: jax.tree.map(lambda g: g * share, tree)  # noqa: E731
             return loss * share, mse * share, row_ids, scale(row_grads), scale(dense_grads)
@@ -575,9 +575,8 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
         # lax.cond choosing between the two steps, which passes the whole training state
         # through its branches, made MD steps about 1.5x slower on a CPU.)
         fits = jnp.logical_and(routing["user"].fits, routing["item"].fits)
-        loss, mse, row_ids, row_grads, dense_grads = _sparse_grads(
+        loss, mse, row_ids, row_grads, dense_grads, whole = _sparse_grads(
             config, state.params, users, items, ratings, weights, routing, l2)
-        whole = _whole_blocks(config, state.params["tables"], routing)
         state = apply_updates(state, row_ids, row_grads, dense_grads, active=fits, whole=whole)
 
         def overflow(carry):
