@@ -498,23 +498,21 @@ def _mask_rows(tables: dict, row_ids: dict, active) -> dict:
 
 
 def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
-    def apply_updates(state, row_ids, row_grads, dense_grads, active=None, whole=None):
+    def apply_updates(state, row_ids, row_grads, dense_grads, whole, active=None):
+        # whole: _whole_blocks of the gradients (from _sparse_grads).
         # active (a traced bool; None: always): when False the state is left as it was:
         # rows are redirected out of range (scatters drop them) and the small dense
         # parameters, their optimiser state and the step count are kept.
-        # whole: _whole_blocks of the gradients (None: every block row-sparse, e.g. the
-        # concatenated chunks of the chunked step, whose row ids the general path handles).
         step = state.step + 1
         if active is not None:
             row_ids = _mask_rows(state.params["tables"], row_ids, active)
         tables, row_state = {}, {}
         for name, table in state.params["tables"].items():
             if isinstance(table, tuple):
-                entire = (False,) * len(table) if whole is None else whole[name]
                 pairs = [
                     (_update_whole_block if e else _update_rows)(block, block_state, rows, grads, opt.rows, step)
                     for block, block_state, rows, grads, e in zip(
-                        table, state.row_state[name], row_ids[name], row_grads[name], entire)
+                        table, state.row_state[name], row_ids[name], row_grads[name], whole[name])
                 ]
                 tables[name] = tuple(p[0] for p in pairs)
                 row_state[name] = tuple(p[1] for p in pairs)
@@ -532,37 +530,7 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
     def main(state, routing, users, items, ratings, weights):
         loss, mse, row_ids, row_grads, dense_grads, whole = _sparse_grads(
             config, state.params, users, items, ratings, weights, routing, l2)
-        return apply_updates(state, row_ids, row_grads, dense_grads, whole=whole), loss, mse
-
-    def chunked(state, routing, users, items, ratings, weights):
-        # Exact for any batch: chunks small enough that no block can overflow; the
-        # chunks' row gradients are concatenated and combined, dense ones summed.
-        batch = users.shape[0]
-        size = min(min(capacities(batch)["user"]), min(capacities(batch)["item"]))
-        n_chunks = -(-batch // size)
-        pad = n_chunks * size - batch
-
-        def chunk(values, fill):
-            return jnp.concatenate([values, jnp.full(pad, fill, values.dtype)]).reshape(n_chunks, size)
-
-        total = jnp.maximum(jnp.sum(weights), 1.0)
-        parts = (chunk(users, 0), chunk(items, 0), chunk(ratings, 0), chunk(weights, 0))
-
-        def one(args):
-            u, i, r, w = args
-            # Each chunk's loss is scaled to its share of the batch's total weight.
-            share = jnp.maximum(jnp.sum(w), 1.0) / total
-            chunk_caps = {"user": (size,) * config.user.n_blocks, "item": (size,) * config.item.n_blocks}
-            loss, mse, row_ids, row_grads, dense_grads, _ = _sparse_grads(
-                config, state.params, u, i, r, w, _batch_routing(config, u, i, w, chunk_caps), l2)
-            scale = lambda tree: jax.tree.map(lambda g: g * share, tree)  # noqa: E731
-            return loss * share, mse * share, row_ids, scale(row_grads), scale(dense_grads)
-
-        losses, mses, row_ids, row_grads, dense_grads = jax.lax.map(one, parts)
-        flat = lambda tree: jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)  # noqa: E731
-        dense_grads = jax.tree.map(lambda g: jnp.sum(g, axis=0), dense_grads)
-        new_state = apply_updates(state, flat(row_ids), flat(row_grads), dense_grads)
-        return new_state, jnp.sum(losses), jnp.sum(mses)
+        return apply_updates(state, row_ids, row_grads, dense_grads, whole), loss, mse
 
     def step(state: TrainState, batch):
         users, items, ratings, weights = _batch_parts(batch)
@@ -571,16 +539,20 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
             new_state, loss, mse = main(state, routing, users, items, ratings, weights)
             return new_state, {"loss": loss, "mse": mse}
         # The grouped step always runs and changes nothing when a block overflowed its
-        # slots; then a loop of at most one iteration runs the exact chunked step. (A
-        # lax.cond choosing between the two steps, which passes the whole training state
-        # through its branches, made MD steps about 1.5x slower on a CPU.)
+        # slots; then a loop of at most one iteration runs the same step with a slot
+        # per batch entry in every block, which cannot overflow. (A lax.cond choosing
+        # between the two steps, which passes the whole training state through its
+        # branches, made MD steps about 1.5x slower on a CPU.)
         fits = jnp.logical_and(routing["user"].fits, routing["item"].fits)
         loss, mse, row_ids, row_grads, dense_grads, whole = _sparse_grads(
             config, state.params, users, items, ratings, weights, routing, l2)
-        state = apply_updates(state, row_ids, row_grads, dense_grads, active=fits, whole=whole)
+        state = apply_updates(state, row_ids, row_grads, dense_grads, whole, active=fits)
+        batch_size = users.shape[0]
+        every_entry = {"user": (batch_size,) * config.user.n_blocks, "item": (batch_size,) * config.item.n_blocks}
 
         def overflow(carry):
-            new_state, loss, mse = chunked(carry[0], routing, users, items, ratings, weights)
+            full = _batch_routing(config, users, items, weights, every_entry)
+            new_state, loss, mse = main(carry[0], full, users, items, ratings, weights)
             return new_state, jnp.asarray(False), loss, mse
 
         state, _, loss, mse = jax.lax.while_loop(lambda carry: carry[1], overflow,
@@ -602,7 +574,8 @@ def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "au
       capacities: row-sparse path only: per-block slots, ``"auto"`` (sized from
         each spec's loads, :func:`mdcf.embedding.block_capacities`) or
         ``{"user": (...), "item": (...)}``. A batch that overflows them is
-        handled exactly by a slower chunked path.
+        handled exactly: the step is redone with a slot per batch entry in
+        every block (slower, and rare with ``"auto"``).
       mesh, data_axis, model_axis: on a :class:`jax.sharding.Mesh`, the step
         splits each batch over ``data_axis`` and keeps the state in the layout
         of :func:`mdcf.sharding.state_shardings` (place it first with

@@ -64,14 +64,20 @@ def test_row_sparse_matches_dense(kind, name, large):
     assert_params_close(sparse.params, dense.params)
 
 
-def test_overflowing_batches_take_the_exact_chunked_path():
-    config = ModelConfig("mf", USER, ITEM)
-    batch = batch_of(0, size=512)
-    batch["users"][:400] = np.arange(400) % 4  # 400 ids in a 4-row block: beyond its slots
-    caps = embedding.block_capacities(USER, 512)
-    assert caps[0] < 400
-    sparse = run_steps(config, train.optimizer("sgd", 0.05, sparse=True), [batch])
-    dense = run_steps(config, train.optimizer("sgd", 0.05, sparse=False), [batch])
+@pytest.mark.parametrize("user, item, size", [(USER, ITEM, 512), (USER_LARGE, ITEM_LARGE, 128)])
+def test_overflowing_batches_take_the_exact_fallback(user, item, size):
+    """A batch that overflows a block's slots is redone with a slot per entry in every
+    block: the dense result. (With the large specs, the fallback updates some blocks
+    whole and some row by row.)"""
+    config = ModelConfig("mf", user, item)
+    batch = batch_of(0, size=size)
+    rng = np.random.default_rng(5)
+    batch["users"] = rng.integers(0, user.n_rows, size).astype(np.int32)
+    batch["items"] = rng.integers(0, item.n_rows, size).astype(np.int32)
+    batch["users"][: size - 28] = np.arange(size - 28) % 4  # most ids in a 4-row block: beyond its slots
+    assert embedding.block_capacities(user, size)[0] < size - 28
+    sparse = run_steps(config, train.optimizer("sgd", 0.05, sparse=True), [batch, batch_of(1, size=size)])
+    dense = run_steps(config, train.optimizer("sgd", 0.05, sparse=False), [batch, batch_of(1, size=size)])
     assert_params_close(sparse.params, dense.params)
 
 
