@@ -76,8 +76,8 @@ def test_sweep_rows_resume_and_selection(ratings, swept, tmp_path):
     # A subset of the grid trains nothing new; an extended grid trains only the new runs.
     subset = sweep.run_sweep(small_config(l2_grid=config.l2_grid[:1]), tmp_path, ratings=ratings, progress=False)
     assert [r["seconds"] for r in subset] == [r["seconds"] for r in again]
-    extended = sweep.run_sweep(small_config(l2_grid=(0.3,)), tmp_path, ratings=ratings, progress=False)
-    assert len(extended) == len(again) + 4
+    extended = sweep.run_sweep(small_config(dims=(4,), l2_grid=(0.3,)), tmp_path, ratings=ratings, progress=False)
+    assert len(extended) == len(again) + 2  # one budget x two alphas
     assert [r["seconds"] for r in extended[:len(again)]] == [r["seconds"] for r in again]
     assert {r["l2"] for r in extended[len(again):]} == {0.3}
     saved = json.loads((tmp_path / "config.json").read_text())
