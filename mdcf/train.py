@@ -42,7 +42,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -259,10 +259,20 @@ def init_state(key: jax.Array, model, opt, global_mean: float | None = None) -> 
         global_mean = model.global_mean if isinstance(model, Model) else 0.0
     if isinstance(key, jax.core.Tracer) or isinstance(global_mean, jax.core.Tracer):
         return _init_state(key, jnp.asarray(global_mean, jnp.float32), config, opt)
-    # Compiled as one computation: run eagerly, every random draw and optimiser
-    # buffer of a new shape compiles on its own (seconds for an MD model). A fresh
-    # jitted function per call: its compiled code is freed with it.
-    return jax.jit(partial(_init_state, config=config, opt=opt))(key, jnp.asarray(global_mean, jnp.float32))
+    try:
+        init = _jitted_init(config, opt)
+    except TypeError:  # an unhashable config or optimiser: compile for this call only
+        init = jax.jit(partial(_init_state, config=config, opt=opt))
+    return init(key, jnp.asarray(global_mean, jnp.float32))
+
+
+@lru_cache(maxsize=4)
+def _jitted_init(config: ModelConfig, opt: Optimizer) -> Callable:
+    """``_init_state`` compiled as one computation (run eagerly, every random draw and
+    optimiser buffer of a new shape compiles on its own: seconds for an MD model).
+    The last few are kept, so that ``fit``'s refit, which passes the same optimiser,
+    does not compile it again; the others' compiled code is freed."""
+    return jax.jit(partial(_init_state, config=config, opt=opt))
 
 
 def _init_state(key, global_mean, config: ModelConfig, opt: Optimizer) -> TrainState:

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mdcf import data, embedding, io, models, train
@@ -211,8 +212,11 @@ def test_refit_trains_again_on_all_of_train(small_data):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "mf", dim=8)
     kwargs = dict(batch_size=256, progress=False, seed=2, learning_rate=1e-2)
+    train._jitted_init.cache_clear()
     refit = train.fit(model, train_part, epochs=8, **kwargs)  # validation carved from train: refit by default
     assert "val_mse" in refit.history[0] and len(refit.refit_history) == refit.best_epoch
+    info = train._jitted_init.cache_info()
+    assert (info.misses, info.hits) == (1, 1)  # the refit reuses the first phase's compiled init
     assert all("val_mse" not in h for h in refit.refit_history)
     manual = train.fit(model, train_part, None, epochs=refit.best_epoch, **kwargs)
     for x, y in zip(jax.tree.leaves((refit.params, refit.state)), jax.tree.leaves((manual.params, manual.state))):
@@ -223,6 +227,18 @@ def test_refit_trains_again_on_all_of_train(small_data):
     fit_part, val = data.split(train_part, "random", 0.1, seed=1)
     explicit = train.fit(model, fit_part, val, epochs=3, **kwargs)  # an explicit validation set: no refit
     assert explicit.refit_history == []
+
+
+def test_init_state_with_an_unhashable_optimizer():
+    class Unhashable(optax.GradientTransformation):
+        __hash__ = None
+
+    config = ModelConfig("mf", USER, ITEM)
+    adam = optax.adam(1e-3)
+    plain = train.init_state(jax.random.key(3), config, adam)
+    odd = train.init_state(jax.random.key(3), config, Unhashable(adam.init, adam.update))
+    for x, y in zip(jax.tree.leaves(plain), jax.tree.leaves(odd)):
+        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("refit_epochs_before", [1, 7])  # a refit to resume; a longer one to replace
