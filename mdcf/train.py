@@ -537,10 +537,10 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
             step = jnp.where(active, step, state.step)
         return TrainState({"tables": tables, "dense": dense}, dense_state, row_state, step)
 
-    def main(state, routing, users, items, ratings, weights):
+    def main(state, routing, users, items, ratings, weights, active=None):
         loss, mse, row_ids, row_grads, dense_grads, whole = _sparse_grads(
             config, state.params, users, items, ratings, weights, routing, l2)
-        return apply_updates(state, row_ids, row_grads, dense_grads, whole), loss, mse
+        return apply_updates(state, row_ids, row_grads, dense_grads, whole, active), loss, mse
 
     def step(state: TrainState, batch):
         users, items, ratings, weights = _batch_parts(batch)
@@ -554,9 +554,7 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
         # between the two steps, which passes the whole training state through its
         # branches, made MD steps about 1.5x slower on a CPU.)
         fits = jnp.logical_and(routing["user"].fits, routing["item"].fits)
-        loss, mse, row_ids, row_grads, dense_grads, whole = _sparse_grads(
-            config, state.params, users, items, ratings, weights, routing, l2)
-        state = apply_updates(state, row_ids, row_grads, dense_grads, whole, active=fits)
+        state, loss, mse = main(state, routing, users, items, ratings, weights, active=fits)
         batch_size = users.shape[0]
         every_entry = {"user": (batch_size,) * config.user.n_blocks, "item": (batch_size,) * config.item.n_blocks}
 
