@@ -800,11 +800,23 @@ def _unroll(opt: Optimizer) -> int:
     return 2 if opt.rows is None else 1
 
 
+def _copy(tree):
+    """New buffers holding the same values (same shardings): safe from donation."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def _epoch_fn(step, n: int, batch_size: int, unroll: int = 1):
-    """A jitted epoch: a scan of train steps over the padded batches of ``order``."""
+    """A jitted epoch: a scan of train steps over the padded batches of ``order``.
+
+    The state passed in is donated: the epoch updates its buffers in place and the
+    caller's arrays are deleted. Without donation XLA copies the whole state (every
+    table and its optimiser state) at the start of each epoch, which costs as much
+    as a few hundred steps for tables of millions of rows (uniform SGD, 1M ratings,
+    1.4M x 267k rows: 3.7 M ratings/s donated against 2.7 copied, 2-core CPU).
+    """
     n_batches = -(-n // batch_size)
 
-    @jax.jit
+    @partial(jax.jit, donate_argnums=0)
     def run(state, data, order):
         weight = (jnp.arange(n_batches * batch_size) < n).astype(jnp.float32).reshape(n_batches, batch_size)
 
@@ -891,8 +903,11 @@ def fit(
       progress: show a progress bar (tqdm) with loss and validation RMSE; a
         string labels the bar.
       callbacks: ``callback(epoch, logs, state)`` after every epoch; returning True stops training.
+        The next epoch updates ``state``'s arrays in place (they are donated to it): a
+        callback that keeps them must copy them (``jax.tree.map(jnp.copy, state)``).
       initial_state, start_epoch: resume from a state after ``start_epoch`` epochs
-        (gives the same result as an uninterrupted run).
+        (gives the same result as an uninterrupted run). ``initial_state`` itself is
+        left as it is: training runs on a copy.
       checkpoint: a path; the state is saved there atomically after every epoch,
         and a run started with an existing checkpoint resumes from it.
       mesh: a :class:`jax.sharding.Mesh` (e.g. :func:`mdcf.sharding.make_mesh`):
@@ -943,7 +958,8 @@ def fit(
             history = loaded.meta.get("history", [])
             best.update(loaded.meta.get("best", {}))
             best["params"] = loaded.best_params
-    if state is None:
+    own_state = state is None
+    if own_state:
         state = init_state(jax.random.key(seed), model, opt)
     order_sharding = None
     if mesh is not None:
@@ -955,13 +971,15 @@ def fit(
         state = sharding_.shard_state(state, mesh, model_axis)
         order_sharding = sharding_.batch_sharding(mesh, data_axis, leading_dims=1)
         data = jax.tree.map(lambda x: jax.device_put(x, sharding_.replicated(mesh)), data)
+    if not own_state:  # each epoch donates its input state: never the caller's arrays
+        state = _copy(state)
     run_epoch = _epoch_fn(step, n, batch_size, _unroll(opt))
 
     def unpadded(value):
         return value if mesh is None else sharding_.trim_state(value, config)
 
     if best["params"] is None and restore_best:
-        best["params"] = state.params
+        best["params"] = _copy(state.params)
 
     bar = None
     if progress:
@@ -1003,7 +1021,7 @@ def fit(
                 if val_mse < best["mse"]:
                     best.update(mse=val_mse, epoch=epoch, bad=0)
                     if restore_best:
-                        best["params"] = state.params
+                        best["params"] = _copy(state.params)  # the next epoch donates state
                 else:
                     best["bad"] += 1
             logs["seconds"] = time.perf_counter() - started

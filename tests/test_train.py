@@ -268,6 +268,26 @@ def test_early_stopping_restores_the_best_epoch(small_data):
     assert len(result.history) == result.best_epoch + 2
 
 
+def test_fit_leaves_initial_state_alone_and_keeps_the_best_params(small_data):
+    """Epochs donate their input state: the caller's state and the best epoch's params must survive."""
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=8)
+    kwargs = dict(batch_size=256, progress=False, seed=4, refit=False, learning_rate=3e-2, l2=0.0, patience=None)
+    first = train.fit(model, train_part, epochs=3, restore_best=False, **kwargs)
+    before = [np.array(x) for x in jax.tree.leaves(first.state)]
+    resumed = train.fit(model, train_part, epochs=8, initial_state=first.state, start_epoch=3, **kwargs)
+    for x, y in zip(jax.tree.leaves(first.state), before):
+        assert not x.is_deleted()
+        np.testing.assert_array_equal(x, y)
+    full = train.fit(model, train_part, epochs=8, **kwargs)
+    for x, y in zip(jax.tree.leaves((full.state, full.params)), jax.tree.leaves((resumed.state, resumed.params))):
+        np.testing.assert_array_equal(x, y)
+    assert 1 < full.best_epoch < 8  # overfits: the best epoch is neither the first nor the last
+    short = train.fit(model, train_part, epochs=full.best_epoch, restore_best=False, **kwargs)
+    for x, y in zip(jax.tree.leaves(full.params), jax.tree.leaves(short.params)):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_callbacks_can_stop(small_data):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "mf", dim=4)
