@@ -7,7 +7,9 @@ Prints, in one run:
   at 1M and 20M ratings, for uniform and MD (alpha 0.3, 8 blocks) embeddings
   and several optimisers, row-sparse unless marked dense;
 * the same with 10x more users and items (throughput should stay flat:
-  row-sparse steps do not depend on table sizes);
+  row-sparse steps do not depend on table sizes), beside a bare SGD
+  gather/scatter loop on plain tables with no mdcf code, whose drop is what the
+  memory hierarchy alone costs once the tables outgrow the caches;
 * Surprise's SVD and mdcf's MF at the same dimension (64) and epochs (20) on
   ml-100k (a seeded 90/10 split): fit throughput and test RMSE side by side
   (skipped with a note if scikit-surprise is not installed: ``pip install ".[bench]"``).
@@ -26,10 +28,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from functools import partial
 
 import numpy as np
 
 USERS, ITEMS = 138_493, 26_744
+BARE = "bare gather/scatter, no mdcf"
 
 
 def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=2):
@@ -55,6 +59,46 @@ def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=2
         losses.block_until_ready()
         times.append(time.perf_counter() - start)
     assert np.isfinite(np.asarray(losses)).all()
+    return min(times), n / min(times)
+
+
+def bare_throughput(ratings, batch_size, epochs=2):
+    """The memory traffic of an SGD step alone, with no mdcf code: per batch, gather
+    the user and item rows of two plain tables, take a dot-product error, and
+    scatter-add both updates back. Its 10x / 1x ratio is what the memory
+    hierarchy alone costs when tables outgrow the caches."""
+    import jax
+    import jax.numpy as jnp
+
+    from mdcf import train
+
+    n = len(ratings)
+    codes = train._by_user({"users": ratings.users.astype(np.int32), "items": ratings.items.astype(np.int32),
+                            "ratings": ratings.ratings.astype(np.float32)})
+    data = {key: jnp.asarray(value) for key, value in codes.items()}
+
+    @partial(jax.jit, donate_argnums=0)
+    def run(tables, order):
+        def body(tables, index):
+            user_table, item_table = tables
+            u, i, r = data["users"][index], data["items"][index], data["ratings"][index]
+            eu, ei = user_table[u], item_table[i]
+            err = (jnp.sum(eu * ei, axis=-1) - r)[:, None]
+            return (user_table.at[u].add(-1e-3 * err * ei), item_table.at[i].add(-1e-3 * err * eu)), jnp.mean(err)
+
+        return jax.lax.scan(body, tables, order)
+
+    key_u, key_i = jax.random.split(jax.random.key(0))
+    tables = (0.1 * jax.random.normal(key_u, (ratings.n_users, 64)), 0.1 * jax.random.normal(key_i, (ratings.n_items, 64)))
+    tables, errs = run(tables, train._epoch_order(0, 0, n, batch_size))
+    errs.block_until_ready()
+    times = []
+    for epoch in range(1, epochs + 1):
+        order = train._epoch_order(0, epoch, n, batch_size)
+        start = time.perf_counter()
+        tables, errs = run(tables, order)
+        errs.block_until_ready()
+        times.append(time.perf_counter() - start)
     return min(times), n / min(times)
 
 
@@ -111,6 +155,7 @@ def main() -> None:
         ("uniform, lazy Adam", 0.0, "adam", True),
         ("MD alpha 0.3, SGD", 0.3, "sgd", True),
         ("MD alpha 0.3, lazy Adam", 0.3, "adam", True),
+        (BARE, 0.0, None, True),
     ]
     print(f"bench_train: MF d=64, batch {args.batch_size}, {os.cpu_count()} CPUs, jax {jax.__version__} "
           f"on {jax.devices()[0].platform}")
@@ -122,12 +167,16 @@ def main() -> None:
                                         noise=0.7, seed=0)
             chosen = variants + ([("uniform, dense Adam", 0.0, "adam", False)] if n == sizes[0] and scale == 1 else [])
             for label, alpha, opt_name, sparse in chosen:
-                seconds, rate = epoch_throughput(ratings, alpha, opt_name, sparse, args.batch_size)
+                if opt_name is None:
+                    seconds, rate = bare_throughput(ratings, args.batch_size)
+                else:
+                    seconds, rate = epoch_throughput(ratings, alpha, opt_name, sparse, args.batch_size)
                 rates[scale, n, label] = rate
                 print(f"{n:>11,} {USERS * scale:>9,} x {ITEMS * scale:>7,} | {label:<28} | {seconds:>8.2f} {rate / 1e6:>11.2f}",
                       flush=True)
             del ratings
-    print("\nthroughput with 10x users and items / throughput at MovieLens-20M's size (1.00 = flat)")
+    print("\nthroughput with 10x users and items / throughput at MovieLens-20M's size (1.00 = flat;"
+          f" '{BARE}': the caches' share of the drop)")
     for n in sizes:
         print(f"{n:>11,} | " + ", ".join(f"{label}: {rates[10, n, label] / rates[1, n, label]:.2f}"
                                           for label, *_ in variants))
