@@ -958,8 +958,7 @@ def fit(
             history = loaded.meta.get("history", [])
             best.update(loaded.meta.get("best", {}))
             best["params"] = loaded.best_params
-    own_state = state is None
-    if own_state:
+    if state is None:
         state = init_state(jax.random.key(seed), model, opt)
     order_sharding = None
     if mesh is not None:
@@ -971,7 +970,7 @@ def fit(
         state = sharding_.shard_state(state, mesh, model_axis)
         order_sharding = sharding_.batch_sharding(mesh, data_axis, leading_dims=1)
         data = jax.tree.map(lambda x: jax.device_put(x, sharding_.replicated(mesh)), data)
-    if not own_state:  # each epoch donates its input state: never the caller's arrays
+    if initial_state is not None:  # each epoch donates its input state: never the caller's arrays
         state = _copy(state)
     run_epoch = _epoch_fn(step, n, batch_size, _unroll(opt))
 
