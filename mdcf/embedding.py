@@ -424,7 +424,11 @@ def _lookup_grouped(params: MDParams, spec: MDSpec, flat: jax.Array, capacities:
     Exact only when ``route(...).fits``. Blocks with no more rows than slots are
     projected whole, then gathered.
     """
-    routing = route(spec, flat, capacities)
+    return _lookup_routed(params, spec, route(spec, flat, capacities), capacities)
+
+
+def _lookup_routed(params: MDParams, spec: MDSpec, routing: Routing, capacities: tuple[int, ...]) -> jax.Array:
+    """:func:`_lookup_grouped` for ids already routed."""
     outputs = [
         _block_vectors(params, block, rows, spec.sizes[block] <= capacity)
         for block, (rows, capacity) in enumerate(zip(routing.rows, capacities))
@@ -448,10 +452,17 @@ def _lookup_chunked(params: MDParams, spec: MDSpec, flat: jax.Array, chunk: int)
     return out.reshape(n_chunks * chunk, spec.base_dim)[:batch]
 
 
-def _fits(spec: MDSpec, flat: jax.Array, capacities: tuple[int, ...]) -> jax.Array:
-    bounds = jnp.asarray(spec.offsets + (spec.n_rows,), flat.dtype)
-    counts = jnp.sum((flat[:, None] >= bounds[None, :-1]) & (flat[:, None] < bounds[None, 1:]), axis=0)
-    return jnp.all(counts <= jnp.asarray(capacities))
+def _grouped_or_chunked(params: MDParams, flat: jax.Array, spec: MDSpec, capacities: tuple[int, ...]):
+    routing = route(spec, flat, capacities)
+    out = jax.lax.cond(
+        routing.fits,
+        lambda p, r, x: _lookup_routed(p, spec, r, capacities),
+        lambda p, r, x: _lookup_chunked(p, spec, x, min(capacities)),
+        params,
+        routing,
+        flat,
+    )
+    return out, routing
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -461,33 +472,30 @@ def _lookup_grouped_or_masked(params: MDParams, flat: jax.Array, spec: MDSpec, c
     A custom VJP keeps the choice cheap to differentiate: a plain ``lax.cond``
     under ``grad`` stores residuals for *both* branches (zero-filled for the
     branch not taken). Here the forward pass stores only its inputs and the
-    backward pass takes the VJP of the branch that ran, whose recomputed primal
-    output is unused and eliminated by the compiler.
+    routing (integers, a few per id), and the backward pass takes the VJP of the
+    branch that ran with that routing, so the ids are routed once per step; the
+    recomputed primal output is unused and eliminated by the compiler.
     """
-    return jax.lax.cond(
-        _fits(spec, flat, capacities),
-        lambda p, x: _lookup_grouped(p, spec, x, capacities),
-        lambda p, x: _lookup_chunked(p, spec, x, min(capacities)),
-        params,
-        flat,
-    )
+    return _grouped_or_chunked(params, flat, spec, capacities)[0]
 
 
 def _lookup_grouped_or_masked_fwd(params, flat, spec, capacities):
-    return _lookup_grouped_or_masked(params, flat, spec, capacities), (params, flat)
+    out, routing = _grouped_or_chunked(params, flat, spec, capacities)
+    return out, (params, flat, routing)
 
 
 def _lookup_grouped_or_masked_bwd(spec, capacities, residuals, cotangent):
-    params, flat = residuals
+    params, flat, routing = residuals
 
     def grads(path):
-        return lambda p, x, ct: jax.vjp(lambda q: path(q, x), p)[1](ct)[0]
+        return lambda p, r, x, ct: jax.vjp(lambda q: path(q, r, x), p)[1](ct)[0]
 
     param_grads = jax.lax.cond(
-        _fits(spec, flat, capacities),
-        grads(lambda p, x: _lookup_grouped(p, spec, x, capacities)),
-        grads(lambda p, x: _lookup_chunked(p, spec, x, min(capacities))),
+        routing.fits,
+        grads(lambda p, r, x: _lookup_routed(p, spec, r, capacities)),
+        grads(lambda p, r, x: _lookup_chunked(p, spec, x, min(capacities))),
         params,
+        routing,
         flat,
         cotangent,
     )
