@@ -157,8 +157,9 @@ def test_vmap_over_parameters_and_ids():
     assert grads.tables[0].shape == (3, 30, 8)
 
 
-def test_out_of_range_ids():
-    spec = MDSpec((5, 5), (4, 2), 4)
+@pytest.mark.parametrize("spec", [MDSpec((5, 5), (4, 2), 4), MDSpec.uniform(10, 4), MDSpec((10,), (2,), 4)],
+                         ids=["md", "uniform", "one-projected-block"])
+def test_out_of_range_ids(spec):
     params = init(jax.random.key(0), spec)
     with pytest.raises(IndexError, match=r"2 ids outside \[0, 10\)"):
         lookup(params, spec, np.array([0, 10, -1]))
@@ -172,6 +173,16 @@ def test_out_of_range_ids():
         # Bad ids get no gradient.
         grads = jax.grad(lambda p: jnp.nansum(f(p, np.array([10, -1]))))(params)
         assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(grads))
+
+
+def test_padding_rows_of_a_uniform_table_are_out_of_range():
+    """Tables padded for row sharding (mdcf.sharding) carry rows past the spec's: ids there are bad ids."""
+    spec = MDSpec.uniform(10, 4)
+    params = init(jax.random.key(0), spec)
+    padded = params._replace(tables=(jnp.concatenate([params.tables[0], jnp.ones((2, 4))]),))
+    out = jax.jit(lambda p, i: lookup(p, spec, i))(padded, np.array([9, 10, 11]))
+    np.testing.assert_array_equal(out[0], params.tables[0][9])
+    assert np.isnan(out[1:]).all()
 
 
 def test_lookup_bag_matches_naive():
