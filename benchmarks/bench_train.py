@@ -43,72 +43,68 @@ def timed_epochs(n: int) -> int:
     return max(2, -(-5_000_000 // n))
 
 
-def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=None):
-    import jax
+def best_epoch(run, state, data, n, batch_size, epochs=None):
+    """Seconds of the fastest epoch of ``run(state, data, order) -> (state, losses, ...)``
+    after a compile epoch, and the ratings per second it gives."""
+    from mdcf import train
 
-    from mdcf import models, train
-
-    alpha = kind_alpha
-    model = models.build_model(ratings, "mf", dim=64, alpha=alpha, blocks=8)
-    opt = train.optimizer(opt_name, 1e-3, sparse=sparse)
-    step = train.make_train_step(model, opt, l2=0.05)
-    n = len(ratings)
-    epochs = epochs or timed_epochs(n)
-    run = train._epoch_fn(step, n, batch_size, train._unroll(opt))
-    data = {key: jax.numpy.asarray(value) for key, value in train._by_user(model.encode(ratings)).items()}
-    state = train.init_state(jax.random.key(0), model, opt)
-    state, losses, _, _ = run(state, data, train._epoch_order(0, 0, n, batch_size))  # compile + warm up
+    state, losses = run(state, data, train._epoch_order(0, 0, n, batch_size))[:2]  # compile + warm up
     losses.block_until_ready()
     times = []
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, (epochs or timed_epochs(n)) + 1):
         order = train._epoch_order(0, epoch, n, batch_size)
         start = time.perf_counter()
-        state, losses, _, _ = run(state, data, order)
+        state, losses = run(state, data, order)[:2]
         losses.block_until_ready()
         times.append(time.perf_counter() - start)
     assert np.isfinite(np.asarray(losses)).all()
     return min(times), n / min(times)
 
 
+def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=None):
+    import jax
+
+    from mdcf import models, train
+
+    model = models.build_model(ratings, "mf", dim=64, alpha=kind_alpha, blocks=8)
+    opt = train.optimizer(opt_name, 1e-3, sparse=sparse)
+    step = train.make_train_step(model, opt, l2=0.05)
+    n = len(ratings)
+    run = train._epoch_fn(step, n, batch_size, train._unroll(opt))
+    data = {key: jax.numpy.asarray(value) for key, value in train._by_user(model.encode(ratings)).items()}
+    state = train.init_state(jax.random.key(0), model, opt)
+    return best_epoch(run, state, data, n, batch_size, epochs)
+
+
 def bare_throughput(ratings, batch_size, epochs=None):
     """The memory traffic of an SGD step alone, with no mdcf code: per batch, gather
     the user and item rows of two plain tables, take a dot-product error, and
-    scatter-add both updates back. Its 10x / 1x ratio is what the memory
+    scatter-add both updates back (SGD on the mean squared error). Its 10x / 1x ratio is what the memory
     hierarchy alone costs when tables outgrow the caches."""
     import jax
     import jax.numpy as jnp
 
     from mdcf import train
 
-    n = len(ratings)
-    epochs = epochs or timed_epochs(n)
     codes = train._by_user({"users": ratings.users.astype(np.int32), "items": ratings.items.astype(np.int32),
                             "ratings": ratings.ratings.astype(np.float32)})
     data = {key: jnp.asarray(value) for key, value in codes.items()}
 
     @partial(jax.jit, donate_argnums=0)
-    def run(tables, order):
+    def run(tables, data, order):
         def body(tables, index):
             user_table, item_table = tables
             u, i, r = data["users"][index], data["items"][index], data["ratings"][index]
             eu, ei = user_table[u], item_table[i]
             err = (jnp.sum(eu * ei, axis=-1) - r)[:, None]
-            return (user_table.at[u].add(-1e-3 * err * ei), item_table.at[i].add(-1e-3 * err * eu)), jnp.mean(err)
+            lr = 1e-3 / index.shape[0]  # SGD on the batch's mean squared error, as mdcf's steps
+            return (user_table.at[u].add(-lr * err * ei), item_table.at[i].add(-lr * err * eu)), jnp.mean(err)
 
         return jax.lax.scan(body, tables, order)
 
     key_u, key_i = jax.random.split(jax.random.key(0))
     tables = (0.1 * jax.random.normal(key_u, (ratings.n_users, 64)), 0.1 * jax.random.normal(key_i, (ratings.n_items, 64)))
-    tables, errs = run(tables, train._epoch_order(0, 0, n, batch_size))
-    errs.block_until_ready()
-    times = []
-    for epoch in range(1, epochs + 1):
-        order = train._epoch_order(0, epoch, n, batch_size)
-        start = time.perf_counter()
-        tables, errs = run(tables, order)
-        errs.block_until_ready()
-        times.append(time.perf_counter() - start)
-    return min(times), n / min(times)
+    return best_epoch(run, tables, data, len(ratings), batch_size, epochs)
 
 
 def surprise_vs_mdcf(data_dir):

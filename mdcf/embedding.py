@@ -556,13 +556,12 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
     else:
         raise ValueError(f"capacity must be 'auto', None or a positive integer, got {capacity!r}")
     if spec.n_blocks == 1:
-        if params.tables[0].shape[0] != spec.n_rows:  # padded for row sharding: the padding is out of range
-            flat = jnp.where(flat < spec.n_rows, flat, -1)
+        # Rows past spec.n_rows (a table padded for row sharding) are out of range too.
+        valid = (flat >= 0) & (flat < spec.n_rows)
         if params.projections[0] is None:
-            out = take_rows(params.tables[0], flat, jnp.nan)
+            out = take_rows(params.tables[0], jnp.where(valid, flat, -1), jnp.nan)
         else:  # NaN after the projection: NaN rows would give NaN projection gradients
-            out = _block_vectors(params, 0, flat, False)
-            out = jnp.where(((flat >= 0) & (flat < spec.n_rows))[:, None], out, jnp.nan)
+            out = jnp.where(valid[:, None], _block_vectors(params, 0, flat, False), jnp.nan)
     elif capacities is None:
         out = _lookup_masked(params, spec, flat)
     elif capacity == "auto" and spec.n_rows <= batch:
