@@ -86,21 +86,55 @@ def test_lookup_and_gradients_match_naive(spec, seed, shape, capacity):
 
 
 def test_grouped_path_with_realistic_loads_and_overflow():
-    # Large enough for the grouped path; one batch fits the capacities, one overflows block 0.
-    spec = MDSpec((10, 40, 150, 800), (16, 8, 4, 2), 16, loads=(0.25, 0.25, 0.25, 0.25))
+    # Large enough for the grouped path: blocks 0-1 form the head (served from one stacked
+    # table), blocks 2-3 are routed; one batch fits the capacities, one overflows block 2.
+    spec = MDSpec((10, 40, 1500, 3000), (16, 8, 4, 2), 16, loads=(0.25, 0.25, 0.25, 0.25))
     params = init(jax.random.key(1), spec)
     rng = np.random.default_rng(0)
     bounds = np.cumsum((0,) + spec.sizes)
     fitting = np.concatenate([rng.integers(bounds[i], bounds[i + 1], 300) for i in range(4)])
-    overflowing = np.concatenate([rng.integers(0, 10, 900), rng.integers(10, 1000, 300)])
+    overflowing = np.concatenate([rng.integers(50, 1550, 900), rng.integers(0, 4550, 300)])
     for ids in (rng.permutation(fitting), rng.permutation(overflowing)):
-        assert embedding.block_capacities(spec, len(ids))[0] < 900
+        capacities = embedding.block_capacities(spec, len(ids))
+        assert embedding.head_blocks(spec, capacities) == 2 and capacities[2] < 900
         np.testing.assert_allclose(lookup(params, spec, ids), naive_lookup(params, spec, ids), rtol=1e-5, atol=1e-6)
         ct = rng.standard_normal((len(ids), 16)).astype(np.float32)
         grads = jax.jit(jax.grad(lambda p, i: jnp.sum(lookup(p, spec, i) * ct)))(params, ids)
         want_tables, want_projections = naive_grads(params, spec, ids, ct)
         for got, want in zip(grads.tables, want_tables):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=6), capacity=st.integers(1, 30))
+def test_head_is_the_prefix_of_blocks_with_at_most_two_rows_per_slot(sizes, capacity):
+    spec = MDSpec(tuple(sizes), (1,) * len(sizes), 1)
+    capacities = tuple(capacity + i for i in range(len(sizes)))
+    head = embedding.head_blocks(spec, capacities)
+    assert all(sizes[i] <= embedding.HEAD_ROWS_PER_SLOT * capacities[i] for i in range(head))
+    assert head == len(sizes) or sizes[head] > embedding.HEAD_ROWS_PER_SLOT * capacities[head]
+
+
+@pytest.mark.parametrize("head", [0, 1, 2, 3])
+def test_every_split_into_head_and_routed_blocks_agrees(head):
+    """Capacities chosen so that 0 to 3 of the 3 blocks form the head; out-of-range ids give NaN."""
+    spec = MDSpec((6, 20, 50), (8, 4, 2), 8)
+    params = init(jax.random.key(2), spec)
+    capacity = {0: 2, 1: 3, 2: 10, 3: 25}[head]
+    assert embedding.head_blocks(spec, (capacity,) * 3) == head
+    rng = np.random.default_rng(head)
+    ids = rng.integers(0, spec.n_rows, 60).astype(np.int32)
+    ct = rng.standard_normal((60, 8)).astype(np.float32)
+    f = jax.jit(lambda p, i: lookup(p, spec, i, capacity=capacity))
+    np.testing.assert_allclose(f(params, ids), naive_lookup(params, spec, ids), rtol=1e-5, atol=1e-6)
+    grads = jax.jit(jax.grad(lambda p, i: jnp.sum(lookup(p, spec, i, capacity=capacity) * ct)))(params, ids)
+    want_tables, want_projections = naive_grads(params, spec, ids, ct)
+    for got, want in zip(grads.tables + grads.projections[1:], want_tables + want_projections[1:]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    bad = ids.copy()
+    bad[[3, 7]] = [-1, spec.n_rows]
+    out = np.asarray(f(params, bad))
+    assert np.isnan(out[[3, 7]]).all() and not np.isnan(np.delete(out, [3, 7], axis=0)).any()
 
 
 def test_small_layer_projects_whole_tables_and_agrees():
