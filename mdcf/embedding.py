@@ -644,10 +644,8 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
             out = jnp.where(valid[:, None], _block_vectors(params, 0, flat, False), jnp.nan)
     elif capacities is None:
         out = _lookup_masked(params, spec, flat)
-    elif capacity == "auto" and spec.n_rows <= batch:
-        out = _head_lookup(params, spec, spec.n_blocks, flat)
-    elif head_blocks(spec, capacities) == spec.n_blocks:
-        out = _head_lookup(params, spec, spec.n_blocks, flat)
+    elif (capacity == "auto" and spec.n_rows <= batch) or head_blocks(spec, capacities) == spec.n_blocks:
+        out = _head_lookup(params, spec, spec.n_blocks, flat)  # every block projected whole
     else:
         out = _lookup_grouped_or_masked(params, flat, spec, capacities)
     return out.reshape(*ids.shape, spec.base_dim)
