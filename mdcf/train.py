@@ -408,53 +408,90 @@ def _update_whole_block(table, state, rows, grads, row_opt: RowOptimizer, step):
     return where(new_rows, table), tuple(where(n, o) for n, o in zip(new_state, state))
 
 
-def _whole_blocks(config: ModelConfig, tables: dict, routing: dict) -> dict:
+def _heads(config: ModelConfig, capacities: dict) -> dict[str, int]:
+    """Per side, how many leading blocks of an MD table form its head
+    (:func:`mdcf.embedding.head_blocks`: projected whole, and their ids served by
+    one gather from the stacked result); 0 for a one-block table. A static choice,
+    made from the step's regular capacities."""
+    return {side: 0 if spec.n_blocks == 1 else embedding.head_blocks(spec, capacities[side])
+            for side, spec in (("user", config.user), ("item", config.item))}
+
+
+def _whole_blocks(config: ModelConfig, tables: dict, routing: dict, heads: dict) -> dict:
     """Per MD table, which blocks to differentiate whole (a static choice).
 
-    A block with no more rows than its slots is cheaper to project whole
-    (``E_i @ P_i``, ``n_i`` rows) and gather from than to project each of its
-    slots; its gradient is then taken for the whole table (already summed per
-    row) and applied to the touched rows only. One-block tables never are.
+    The head's blocks always are. A routed block with no more rows than its slots
+    is cheaper to project whole (``E_i @ P_i``, ``n_i`` rows) and gather from than
+    to project each of its slots. A block differentiated whole gets its gradient for
+    the whole table (already summed per row), applied to the touched rows only.
+    One-block tables never are.
     """
     out = {}
-    for name, side, _ in config.embeddings:
-        if routing[side].slot is None:
+    for name, side, spec in config.embeddings:
+        if spec.n_blocks == 1:
             out[name] = (False,)
-        else:
-            out[name] = tuple(t.shape[0] <= r.shape[0] for t, r in zip(tables[name], routing[side].rows))
+            continue
+        head = heads[side]
+        tail = () if routing[side] is None else routing[side].rows
+        out[name] = (True,) * head + tuple(t.shape[0] <= r.shape[0] for t, r in zip(tables[name][head:], tail))
     return out
 
 
-def _route(spec: MDSpec, ids: jax.Array, capacities) -> embedding.Routing:
-    """Block routing of a batch; a one-block table needs none (rows in batch order)."""
+def _route(spec: MDSpec, ids: jax.Array, capacities, head: int) -> embedding.Routing | None:
+    """Block routing of a batch's ids to the blocks after the ``head`` (None when every
+    block is in the head); a one-block table needs none (rows in batch order)."""
     if spec.n_blocks == 1:
         valid = (ids >= 0) & (ids < spec.n_rows)
         return embedding.Routing((jnp.where(valid, ids, spec.n_rows),), None, jnp.ones((), bool))
-    return embedding.route(spec, ids, capacities)
+    if head == spec.n_blocks:
+        return None
+    tail = MDSpec(spec.sizes[head:], spec.dims[head:], spec.base_dim)
+    return embedding.route(tail, ids - spec.offsets[head], tuple(capacities)[head:])
 
 
-def _batch_routing(config: ModelConfig, users, items, weights, capacities) -> dict:
+def _batch_routing(config: ModelConfig, users, items, weights, capacities, heads) -> dict:
     """Routing of the user and item ids of a batch; padding (weight 0) gets no slot."""
     ids = {"user": jnp.where(weights > 0, users, -1), "item": jnp.where(weights > 0, items, -1)}
     specs = {"user": config.user, "item": config.item}
-    return {side: _route(specs[side], ids[side], capacities[side]) for side in ("user", "item")}
+    return {side: _route(specs[side], ids[side], capacities[side], heads[side]) for side in ("user", "item")}
 
 
-def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, routing, l2):
+def _routing_fits(routing: dict) -> jax.Array:
+    """Whether every routed id got a slot (True when nothing is routed)."""
+    fits = jnp.ones((), bool)
+    for side_routing in routing.values():
+        if side_routing is not None:
+            fits = jnp.logical_and(fits, side_routing.fits)
+    return fits
+
+
+def _head_rows(spec: MDSpec, block: int, ids: jax.Array, n: int) -> jax.Array:
+    """Block-local rows of the ids in ``block``; ``n`` (out of range) for the others."""
+    local = ids - spec.offsets[block]
+    return jnp.where((local >= 0) & (local < spec.sizes[block]), local, n)
+
+
+def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, routing, heads, l2):
     """Loss and gradients with respect to gathered rows (per table) and dense params.
 
     Blocks chosen by :func:`_whole_blocks` are differentiated whole: their row
     ids are ``arange(n)`` for touched rows (out of range for the others) and
-    their gradients ``[n, d]``, summed per row. Returns ``(loss, mse, row_ids,
+    their gradients ``[n, d]``, summed per row. The head's blocks (``heads``)
+    are stacked after projection and their ids gathered at once; the other
+    blocks' ids come in through ``routing``. Returns ``(loss, mse, row_ids,
     row_grads, dense_grads, whole)``, ``whole`` that choice.
     """
     ids = {"user": jnp.where(weights > 0, users, -1), "item": jnp.where(weights > 0, items, -1)}
-    whole = _whole_blocks(config, params["tables"], routing)
+    whole = _whole_blocks(config, params["tables"], routing, heads)
+    slots = {}  # per table and block: the routed rows (None for the head's blocks)
+    for name, side, spec in config.embeddings:
+        tail = () if routing[side] is None else routing[side].rows
+        slots[name] = (None,) * heads[side] + tuple(tail)
     gathered = {}
     for name, side, _ in config.embeddings:
         gathered[name] = tuple(
             block if entire else embedding.take_rows(block, rows)
-            for block, rows, entire in zip(params["tables"][name], routing[side].rows, whole[name]))
+            for block, rows, entire in zip(params["tables"][name], slots[name], whole[name]))
     if config.biases:
         for name, side in (("user_bias", "user"), ("item_bias", "item")):
             gathered[name] = embedding.take_rows(params["tables"][name], ids[side])
@@ -462,15 +499,23 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, r
     def loss_fn(rows, dense):
         vectors = {}
         for name, side, spec in config.embeddings:
-            outputs = []
-            for values, projection, slots, entire in zip(
-                    rows[name], dense["projections"][name], routing[side].rows, whole[name]):
-                values = values if projection is None else values @ projection
-                outputs.append(embedding.take_rows(values, slots) if entire else values)
-            if routing[side].slot is None:  # one block: rows are in batch order already
-                vectors[name] = outputs[0]
-            else:
-                vectors[name] = embedding.assemble(spec, outputs, routing[side], fill=0.0)
+            head = heads[side]
+            projected = [values if projection is None else values @ projection
+                         for values, projection in zip(rows[name], dense["projections"][name])]
+            if spec.n_blocks == 1:  # one block: rows are in batch order already
+                vectors[name] = projected[0]
+                continue
+            start = None
+            if head:  # ids past the head (and padding, -1) read out of range: zeros
+                end = spec.offsets[head] if head < spec.n_blocks else spec.n_rows
+                stacked = jnp.concatenate([v[:size] for v, size in zip(projected[:head], spec.sizes)], axis=0)
+                start = embedding.take_rows(stacked, jnp.where(ids[side] < end, ids[side], -1))
+            if routing[side] is None:
+                vectors[name] = start
+                continue
+            outputs = [embedding.take_rows(values, rows_) if entire else values
+                       for values, rows_, entire in zip(projected[head:], slots[name][head:], whole[name][head:])]
+            vectors[name] = embedding.assemble(spec, outputs, routing[side], fill=0.0, start=start)
         user_bias = rows.get("user_bias")
         item_bias = rows.get("item_bias")
         pred = models.head(dense, config, vectors, user_bias, item_bias)
@@ -479,10 +524,11 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, r
     (loss, mse), (row_grads, dense_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         gathered, params["dense"])
     row_ids = {}
-    for name, side, _ in config.embeddings:
+    for name, side, spec in config.embeddings:
         row_ids[name] = tuple(
-            _touched_rows(table.shape[0], rows) if entire else rows
-            for table, rows, entire in zip(params["tables"][name], routing[side].rows, whole[name]))
+            _touched_rows(table.shape[0], _head_rows(spec, block, ids[side], table.shape[0]) if rows is None else rows)
+            if entire else rows
+            for block, (table, rows, entire) in enumerate(zip(params["tables"][name], slots[name], whole[name])))
     if config.biases:
         row_ids["user_bias"] = jnp.where(ids["user"] >= 0, ids["user"], config.user.n_rows)
         row_ids["item_bias"] = jnp.where(ids["item"] >= 0, ids["item"], config.item.n_rows)
@@ -537,30 +583,32 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
             step = jnp.where(active, step, state.step)
         return TrainState({"tables": tables, "dense": dense}, dense_state, row_state, step)
 
-    def main(state, routing, users, items, ratings, weights, active=None):
+    def main(state, routing, heads, users, items, ratings, weights, active=None):
         loss, mse, row_ids, row_grads, dense_grads, whole = _sparse_grads(
-            config, state.params, users, items, ratings, weights, routing, l2)
+            config, state.params, users, items, ratings, weights, routing, heads, l2)
         return apply_updates(state, row_ids, row_grads, dense_grads, whole, active), loss, mse
 
     def step(state: TrainState, batch):
         users, items, ratings, weights = _batch_parts(batch)
-        routing = _batch_routing(config, users, items, weights, capacities(users.shape[0]))
-        if config.user.n_blocks == 1 and config.item.n_blocks == 1:
-            new_state, loss, mse = main(state, routing, users, items, ratings, weights)
+        regular = capacities(users.shape[0])
+        heads = _heads(config, regular)
+        routing = _batch_routing(config, users, items, weights, regular, heads)
+        if all(r is None or r.slot is None for r in routing.values()):  # nothing routed: nothing can overflow
+            new_state, loss, mse = main(state, routing, heads, users, items, ratings, weights)
             return new_state, {"loss": loss, "mse": mse}
         # The grouped step always runs and changes nothing when a block overflowed its
         # slots; then a loop of at most one iteration runs the same step with a slot
         # per batch entry in every block, which cannot overflow. (A lax.cond choosing
         # between the two steps, which passes the whole training state through its
         # branches, made MD steps about 1.5x slower on a CPU.)
-        fits = jnp.logical_and(routing["user"].fits, routing["item"].fits)
-        state, loss, mse = main(state, routing, users, items, ratings, weights, active=fits)
+        fits = _routing_fits(routing)
+        state, loss, mse = main(state, routing, heads, users, items, ratings, weights, active=fits)
         batch_size = users.shape[0]
         every_entry = {"user": (batch_size,) * config.user.n_blocks, "item": (batch_size,) * config.item.n_blocks}
 
         def overflow(carry):
-            full = _batch_routing(config, users, items, weights, every_entry)
-            new_state, loss, mse = main(carry[0], full, users, items, ratings, weights)
+            full = _batch_routing(config, users, items, weights, every_entry, heads)
+            new_state, loss, mse = main(carry[0], full, heads, users, items, ratings, weights)
             return new_state, jnp.asarray(False), loss, mse
 
         state, _, loss, mse = jax.lax.while_loop(lambda carry: carry[1], overflow,

@@ -40,43 +40,70 @@ def assert_params_close(a, b, rtol=1e-5, atol=1e-6):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
-# Blocks of 300 and 200 rows hold more rows than their slots in a batch of 64: they are
-# updated row by row, the smaller blocks whole (train._whole_blocks).
+# Blocks of 300 and 200 rows hold more than two rows per slot in a batch of 64: they are
+# routed and updated row by row; the smaller leading blocks form the head (projected and
+# updated whole, train._heads). USER_MIXED has no head (its first block is large) and two
+# routed blocks small enough to be differentiated whole (train._whole_blocks).
 USER_LARGE = MDSpec((4, 10, 300), (8, 4, 2), 8, loads=(0.4, 0.3, 0.3))
 ITEM_LARGE = MDSpec((6, 200), (8, 3), 8, loads=(0.5, 0.5))
+USER_MIXED = MDSpec((300, 4, 10), (8, 4, 2), 8, loads=(0.4, 0.3, 0.3))
 
 
-@pytest.mark.parametrize("kind, name, large", [
-    ("mf", "sgd", False), ("mf", "adagrad", False), ("neumf", "sgd", False), ("neumf", "adagrad", False),
-    ("mf", "adagrad", True), ("neumf", "sgd", True),
+def _split(config, size=64):
+    """(heads, whole) of the row-sparse step for ``config`` at this batch size."""
+    capacities = {"user": embedding.block_capacities(config.user, size),
+                  "item": embedding.block_capacities(config.item, size)}
+    heads = train._heads(config, capacities)
+    routing = train._batch_routing(config, *(jnp.asarray(batch_of(0, size=size)[k]) for k in ("users", "items", "weights")),
+                                   capacities, heads)
+    tables = train.init_state(jax.random.key(0), config, train.optimizer("sgd", 0.1)).params["tables"]
+    return heads, train._whole_blocks(config, tables, routing, heads)
+
+
+@pytest.mark.parametrize("kind, name, specs", [
+    ("mf", "sgd", "small"), ("mf", "adagrad", "small"), ("neumf", "sgd", "small"), ("neumf", "adagrad", "small"),
+    ("mf", "adagrad", "large"), ("neumf", "sgd", "large"), ("mf", "sgd", "mixed"),
 ])
-def test_row_sparse_matches_dense(kind, name, large):
-    config = ModelConfig(kind, USER_LARGE, ITEM_LARGE, layers=(8, 4)) if large else ModelConfig(kind, USER, ITEM, layers=(8, 4))
-    if large:
-        routing = train._batch_routing(config, *(jnp.asarray(batch_of(0)[k]) for k in ("users", "items", "weights")),
-                                       {"user": embedding.block_capacities(USER_LARGE, 64),
-                                        "item": embedding.block_capacities(ITEM_LARGE, 64)})
-        whole = train._whole_blocks(config, train.init_state(jax.random.key(0), config, train.optimizer("sgd", 0.1)).params["tables"], routing)
-        assert whole == {name: {"user": (True, True, False), "item": (True, False)}[side]
-                         for name, side, _ in config.embeddings}
+def test_row_sparse_matches_dense(kind, name, specs):
+    user, item = {"small": (USER, ITEM), "large": (USER_LARGE, ITEM_LARGE), "mixed": (USER_MIXED, ITEM_LARGE)}[specs]
+    config = ModelConfig(kind, user, item, layers=(8, 4))
+    heads, whole = _split(config)
+    want_heads, want_whole = {
+        "small": ({"user": 3, "item": 2}, {"user": (True,) * 3, "item": (True,) * 2}),  # nothing routed
+        "large": ({"user": 2, "item": 1}, {"user": (True, True, False), "item": (True, False)}),
+        "mixed": ({"user": 0, "item": 1}, {"user": (False, True, True), "item": (True, False)}),
+    }[specs]
+    assert heads == want_heads
+    assert whole == {name: want_whole[side] for name, side, _ in config.embeddings}
     batches = [batch_of(s) for s in range(4)]
     sparse = run_steps(config, train.optimizer(name, 0.05, sparse=True), batches)
     dense = run_steps(config, train.optimizer(name, 0.05, sparse=False), batches)
     assert_params_close(sparse.params, dense.params)
 
 
-@pytest.mark.parametrize("user, item, size", [(USER, ITEM, 512), (USER_LARGE, ITEM_LARGE, 128)])
-def test_overflowing_batches_take_the_exact_fallback(user, item, size):
-    """A batch that overflows a block's slots is redone with a slot per entry in every
-    block: the dense result. (With the large specs, the fallback updates some blocks
-    whole and some row by row.)"""
+def _overflows(config, batch):
+    size = len(batch["users"])
+    capacities = {"user": embedding.block_capacities(config.user, size),
+                  "item": embedding.block_capacities(config.item, size)}
+    routing = train._batch_routing(config, *(jnp.asarray(batch[k]) for k in ("users", "items", "weights")),
+                                   capacities, train._heads(config, capacities))
+    return not bool(train._routing_fits(routing))
+
+
+@pytest.mark.parametrize("user, item, block", [(USER_LARGE, ITEM_LARGE, 2), (USER_MIXED, ITEM_LARGE, 0)])
+def test_overflowing_batches_take_the_exact_fallback(user, item, block):
+    """A batch that overflows a routed block's slots is redone with a slot per entry in
+    every routed block: the dense result. (The head is updated whole either way; with
+    USER_MIXED the fallback also updates two routed blocks whole.)"""
     config = ModelConfig("mf", user, item)
+    size = 128
     batch = batch_of(0, size=size)
     rng = np.random.default_rng(5)
     batch["users"] = rng.integers(0, user.n_rows, size).astype(np.int32)
     batch["items"] = rng.integers(0, item.n_rows, size).astype(np.int32)
-    batch["users"][: size - 28] = np.arange(size - 28) % 4  # most ids in a 4-row block: beyond its slots
-    assert embedding.block_capacities(user, size)[0] < size - 28
+    start = user.offsets[block]
+    batch["users"][:100] = start + np.arange(100) % user.sizes[block]  # 100 ids in one routed block
+    assert _overflows(config, batch)
     sparse = run_steps(config, train.optimizer("sgd", 0.05, sparse=True), [batch, batch_of(1, size=size)])
     dense = run_steps(config, train.optimizer("sgd", 0.05, sparse=False), [batch, batch_of(1, size=size)])
     assert_params_close(sparse.params, dense.params)
@@ -87,14 +114,20 @@ def test_overflow_fallback_with_adam_matches_slots_that_always_fit(kind):
     """Batches that overflow and batches that fit, in one scan, with lazy Adam: the same
     states and losses as a step whose slots can never overflow (the disabled grouped
     update must leave rows, dense parameters, optimiser state and step count alone)."""
-    config = ModelConfig(kind, USER, ITEM, layers=(8, 4))
-    batches = [batch_of(s, size=512) for s in range(4)]
+    config = ModelConfig(kind, USER_LARGE, ITEM_LARGE, layers=(8, 4))
+    batches = [batch_of(s, size=128) for s in range(4)]
+    rng = np.random.default_rng(3)
+    for b in batches:  # ids over the whole tables, each block getting about its load
+        b["users"] = rng.permutation(np.concatenate([rng.integers(0, 4, 51), rng.integers(4, 14, 38),
+                                                     rng.integers(14, 314, 39)])).astype(np.int32)
+        b["items"] = rng.permutation(np.concatenate([rng.integers(0, 6, 64),
+                                                     rng.integers(6, 206, 64)])).astype(np.int32)
     for b in batches[::2]:
-        b["users"][:400] = np.arange(400) % 4  # overflows the first user block
-    assert embedding.block_capacities(USER, 512)[0] < 400
+        b["users"][:100] = 14 + np.arange(100) % 300  # overflows the routed user block
+    assert [_overflows(config, b) for b in batches] == [True, False, True, False]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *batches)
     opt = train.optimizer("adam", 0.05, sparse=True)
-    roomy = {"user": (512,) * USER.n_blocks, "item": (512,) * ITEM.n_blocks}
+    roomy = {"user": (128,) * USER_LARGE.n_blocks, "item": (128,) * ITEM_LARGE.n_blocks}
     results = []
     for capacities in ("auto", roomy):
         step = train.make_train_step(config, opt, l2=0.05, capacities=capacities)
