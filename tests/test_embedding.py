@@ -179,16 +179,34 @@ def test_jit_and_eager_agree_and_no_recompilation():
     assert len(traces) == 2
 
 
-def test_vmap_over_parameters_and_ids():
+@pytest.mark.parametrize("capacity, head", [(14, 0), (30, 1)])
+def test_vmap_over_parameters_and_ids(capacity, head):
+    """With 14 slots both blocks are routed, and one of the mapped batches fits its slots
+    while the others overflow (the fallback loop runs under vmap)."""
     spec = MDSpec((30, 70), (8, 2), 8)
     stacked = jax.vmap(lambda key: init(key, spec))(jax.random.split(jax.random.key(0), 3))
-    ids = np.random.default_rng(0).integers(0, 100, (3, 40))
-    out = jax.vmap(lambda p, i: lookup(p, spec, i))(stacked, ids)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 100, (3, 24))
+    ids[0, :16] = 5  # 16 ids in block 0
+    ids[1] = rng.permutation(np.concatenate([rng.integers(0, 30, 12), rng.integers(30, 100, 12)]))
+    ids[2, :20] = 30 + np.arange(20)  # at least 20 ids in block 1
+    capacities = (min(capacity, 24),) * 2
+    assert embedding.head_blocks(spec, capacities) == head
+    if head == 0:
+        assert [bool(embedding.route(spec, jnp.asarray(i), capacities).fits) for i in ids] == [False, True, False]
+    out = jax.vmap(lambda p, i: lookup(p, spec, i, capacity=capacity))(stacked, ids)
     for j in range(3):
         single = jax.tree.map(lambda x: x[j], stacked)
         np.testing.assert_allclose(out[j], naive_lookup(single, spec, ids[j]), rtol=1e-5, atol=1e-6)
-    grads = jax.vmap(jax.grad(lambda p, i: jnp.sum(lookup(p, spec, i) ** 2)))(stacked, ids)
+    ct = np.random.default_rng(1).standard_normal((3, 24, 8)).astype(np.float32)
+    grads = jax.vmap(jax.grad(lambda p, i, c: jnp.sum(lookup(p, spec, i, capacity=capacity) * c)))(stacked, ids, ct)
     assert grads.tables[0].shape == (3, 30, 8)
+    for j in range(3):
+        single = jax.tree.map(lambda x: x[j], stacked)
+        want_tables, want_projections = naive_grads(single, spec, ids[j], ct[j])
+        for got, want in zip((grads.tables[0][j], grads.tables[1][j], grads.projections[1][j]),
+                             (want_tables[0], want_tables[1], want_projections[1])):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec", [MDSpec((5, 5), (4, 2), 4), MDSpec.uniform(10, 4), MDSpec((10,), (2,), 4)],
