@@ -501,13 +501,18 @@ def _head_lookup(params: MDParams, spec: MDSpec, head: int, flat: jax.Array) -> 
         start = jnp.where(valid[:, None], jnp.zeros((), dtype), jnp.asarray(jnp.nan, dtype))
         return jnp.broadcast_to(start, (flat.shape[0], spec.base_dim))
     end = spec.offsets[head] if head < spec.n_blocks else spec.n_rows
-    blocks = [
-        table[:size] if projection is None else table[:size] @ projection
-        for table, projection, size in zip(params.tables[:head], params.projections[:head], spec.sizes[:head])
-    ]
+    blocks = _projected_blocks(params, spec, head)
     stacked = jnp.concatenate(blocks + [jnp.zeros((1, spec.base_dim), dtype)], axis=0)  # row `end`: zeros
     index = jnp.where(flat < end, flat, jnp.where(valid, end, -1))  # negative ids stay negative: NaN
     return take_rows(stacked, index, jnp.nan)
+
+
+def route_tail(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...], head: int) -> Routing:
+    """:func:`route` over the blocks after the first ``head`` (ids in the head, and
+    out-of-range ids, get no slot); block ``j`` of the result is block ``head + j``,
+    with ``capacities[head + j]`` slots and rows local to it."""
+    tail = MDSpec(spec.sizes[head:], spec.dims[head:], spec.base_dim)
+    return route(tail, ids - spec.offsets[head], tuple(capacities)[head:])
 
 
 def _head_and_tail(spec: MDSpec, capacities: tuple[int, ...]):
@@ -524,9 +529,6 @@ def _head_and_tail(spec: MDSpec, capacities: tuple[int, ...]):
     def tail_params(params):
         return MDParams(params.tables[head:], params.projections[head:])
 
-    def route_tail(flat):
-        return route(tail_spec, flat - shift, tail_capacities)
-
     def routed(params, routing, flat):
         return _lookup_routed(tail_params(params), tail_spec, routing, tail_capacities,
                               start=_head_lookup(params, spec, head, flat))
@@ -535,7 +537,7 @@ def _head_and_tail(spec: MDSpec, capacities: tuple[int, ...]):
         return _head_lookup(params, spec, head, flat) + _lookup_chunked(
             tail_params(params), tail_spec, flat - shift, min(tail_capacities), fill=0.0)
 
-    return route_tail, routed, chunked
+    return lambda flat: route_tail(spec, flat, capacities, head), routed, chunked
 
 
 def _unless_fits(fits: jax.Array, value, exact: Callable):
@@ -702,9 +704,13 @@ def materialize(params: MDParams, spec: MDSpec) -> jax.Array:
     with :func:`take_rows` (``take_rows(table, ids)``): on a CPU that is about
     1.1-2x faster than ``table[ids]`` (``benchmarks/bench_embedding.py``, d0=64).
     """
-    blocks = [
+    return jnp.concatenate(_projected_blocks(params, spec, spec.n_blocks), axis=0)
+
+
+def _projected_blocks(params: MDParams, spec: MDSpec, count: int) -> list[jax.Array]:
+    """``E_i @ P_i`` (``[n_i, d0]``) of the first ``count`` blocks."""
+    return [
         # [:size]: tables padded for row sharding (mdcf.sharding) carry unused rows at the end.
         table[:size] if projection is None else table[:size] @ projection
-        for table, projection, size in zip(params.tables, params.projections, spec.sizes)
+        for table, projection, size in zip(params.tables[:count], params.projections[:count], spec.sizes[:count])
     ]
-    return jnp.concatenate(blocks, axis=0)

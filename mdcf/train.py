@@ -443,10 +443,7 @@ def _route(spec: MDSpec, ids: jax.Array, capacities, head: int) -> embedding.Rou
     if spec.n_blocks == 1:
         valid = (ids >= 0) & (ids < spec.n_rows)
         return embedding.Routing((jnp.where(valid, ids, spec.n_rows),), None, jnp.ones((), bool))
-    if head == spec.n_blocks:
-        return None
-    tail = MDSpec(spec.sizes[head:], spec.dims[head:], spec.base_dim)
-    return embedding.route(tail, ids - spec.offsets[head], tuple(capacities)[head:])
+    return None if head == spec.n_blocks else embedding.route_tail(spec, ids, capacities, head)
 
 
 def _batch_routing(config: ModelConfig, users, items, weights, capacities, heads) -> dict:
