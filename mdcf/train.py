@@ -289,12 +289,26 @@ def _init_state(key, global_mean, config: ModelConfig, opt: Optimizer) -> TrainS
 
 
 # ----------------------------------------------------------------- the loss
-def _weighted_loss(pred, ratings, weights, penalty, l2):
+def _weighted_loss(pred, ratings, weights, penalty, l2, bad=None):
+    """``(loss, mse)``, weighted means over the batch. ``bad`` (``[B]``, NaN for
+    entries of weight > 0 with an id outside the tables, else 0; see
+    :func:`_skip_bad_ids`) makes both NaN without touching the gradients: it is a
+    constant inside the sum."""
     err = pred - ratings
     total = jnp.maximum(jnp.sum(weights), 1.0)
-    mse = jnp.sum(weights * err**2) / total
+    squares = weights * err**2 if bad is None else weights * err**2 + bad
+    mse = jnp.sum(squares) / total
     loss = mse + l2 * jnp.sum(weights * penalty) / total if l2 else mse
     return loss, mse
+
+
+def _skip_bad_ids(config: ModelConfig, users, items, weights):
+    """``(weights, bad)``: entries whose user or item id lies outside the tables get
+    weight 0 (they are skipped, like padding); ``bad`` is NaN for those of them that
+    had weight > 0 and 0 elsewhere (see :func:`_weighted_loss`)."""
+    inside = (users >= 0) & (users < config.user.n_rows) & (items >= 0) & (items < config.item.n_rows)
+    bad = jnp.where(inside | (weights <= 0), 0.0, jnp.nan).astype(weights.dtype)
+    return jnp.where(inside, weights, 0.0), bad
 
 
 def _batch_parts(batch):
@@ -314,21 +328,25 @@ def _penalty(config: ModelConfig, vectors, user_bias, item_bias):
 
 
 def _dense_step(config: ModelConfig, opt: Optimizer, l2: float):
-    def loss_fn(params, users, items, ratings, weights):
+    def loss_fn(params, users, items, ratings, weights, bad):
         vectors = models.embed(params, config, users, items)
         user_bias = item_bias = None
         if config.biases:
             user_bias = params["tables"]["user_bias"][users]
             item_bias = params["tables"]["item_bias"][items]
         pred = models.head(params["dense"], config, vectors, user_bias, item_bias)
-        return _weighted_loss(pred, ratings, weights, _penalty(config, vectors, user_bias, item_bias), l2)
+        return _weighted_loss(pred, ratings, weights, _penalty(config, vectors, user_bias, item_bias), l2, bad)
 
     def step(state: TrainState, batch):
         users, items, ratings, weights = _batch_parts(batch)
+        # Entries with bad ids are not skipped here (a select on the weights makes ml-100k
+        # epochs about 1.1x slower): they embed as NaN, which the loss and gradients carry.
+        bad = _skip_bad_ids(config, users, items, weights)[1]
         # Padding entries (weight 0) point at row 0: finite, and they add no gradient.
         users = jnp.where(weights > 0, users, 0)
         items = jnp.where(weights > 0, items, 0)
-        (loss, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, users, items, ratings, weights)
+        (loss, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, users, items, ratings, weights, bad)
         updates, dense_state = opt.dense.update(grads, state.dense_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, dense_state, state.row_state, state.step + 1), {"loss": loss, "mse": mse}
@@ -384,8 +402,9 @@ def _update_rows(table, state, rows, grads, row_opt: RowOptimizer, step):
     if row_opt.delta is not None:
         return embedding.scatter_rows(table, rows, row_opt.delta(grads)), state
     unique, summed = _combine_duplicates(rows, grads, n)
-    current = embedding.take_rows(table, unique)
-    current_state = tuple(embedding.take_rows(s, unique) for s in state)
+    # Spare entries of `unique` are out of range: they read a clamped row and are never written.
+    current = embedding.take_rows(table, unique, None)
+    current_state = tuple(embedding.take_rows(s, unique, None) for s in state)
     new_rows, new_state = row_opt.update(summed, current_state, current, step)
     table = embedding.scatter_rows(table, unique, new_rows, "set", unique_indices=True)
     state = tuple(embedding.scatter_rows(s, unique, ns, "set", unique_indices=True) for s, ns in zip(state, new_state))
@@ -468,7 +487,7 @@ def _head_rows(spec: MDSpec, block: int, ids: jax.Array, n: int) -> jax.Array:
     return jnp.where((local >= 0) & (local < spec.sizes[block]), local, n)
 
 
-def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, routing, heads, l2):
+def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, bad, routing, heads, l2):
     """Loss and gradients with respect to gathered rows (per table) and dense params.
 
     Blocks chosen by :func:`_whole_blocks` are differentiated whole: their row
@@ -484,14 +503,16 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, r
     for name, side, spec in config.embeddings:
         tail = () if routing[side] is None else routing[side].rows
         slots[name] = (None,) * heads[side] + tuple(tail)
+    # Out-of-range rows (padding, unused slots) read a clamped row: their values never
+    # reach the loss (weight 0, or a slot assemble drops) and their gradients are dropped.
     gathered = {}
     for name, side, _ in config.embeddings:
         gathered[name] = tuple(
-            block if entire else embedding.take_rows(block, rows)
+            block if entire else embedding.take_rows(block, rows, None)
             for block, rows, entire in zip(params["tables"][name], slots[name], whole[name]))
     if config.biases:
         for name, side in (("user_bias", "user"), ("item_bias", "item")):
-            gathered[name] = embedding.take_rows(params["tables"][name], ids[side])
+            gathered[name] = embedding.take_rows(params["tables"][name], ids[side], None)
 
     def loss_fn(rows, dense):
         vectors = {}
@@ -510,13 +531,13 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, r
             if routing[side] is None:
                 vectors[name] = start
                 continue
-            outputs = [embedding.take_rows(values, rows_) if entire else values
+            outputs = [embedding.take_rows(values, rows_, None) if entire else values
                        for values, rows_, entire in zip(projected[head:], slots[name][head:], whole[name][head:])]
             vectors[name] = embedding.assemble(spec, outputs, routing[side], fill=0.0, start=start)
         user_bias = rows.get("user_bias")
         item_bias = rows.get("item_bias")
         pred = models.head(dense, config, vectors, user_bias, item_bias)
-        return _weighted_loss(pred, ratings, weights, _penalty(config, vectors, user_bias, item_bias), l2)
+        return _weighted_loss(pred, ratings, weights, _penalty(config, vectors, user_bias, item_bias), l2, bad)
 
     (loss, mse), (row_grads, dense_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         gathered, params["dense"])
@@ -580,18 +601,19 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
             step = jnp.where(active, step, state.step)
         return TrainState({"tables": tables, "dense": dense}, dense_state, row_state, step)
 
-    def main(state, routing, heads, users, items, ratings, weights, active=None):
+    def main(state, routing, heads, users, items, ratings, weights, bad, active=None):
         loss, mse, row_ids, row_grads, dense_grads, whole = _sparse_grads(
-            config, state.params, users, items, ratings, weights, routing, heads, l2)
+            config, state.params, users, items, ratings, weights, bad, routing, heads, l2)
         return apply_updates(state, row_ids, row_grads, dense_grads, whole, active), loss, mse
 
     def step(state: TrainState, batch):
         users, items, ratings, weights = _batch_parts(batch)
+        weights, bad = _skip_bad_ids(config, users, items, weights)
         regular = capacities(users.shape[0])
         heads = _heads(config, regular)
         routing = _batch_routing(config, users, items, weights, regular, heads)
         if all(r is None or r.slot is None for r in routing.values()):  # nothing routed: nothing can overflow
-            new_state, loss, mse = main(state, routing, heads, users, items, ratings, weights)
+            new_state, loss, mse = main(state, routing, heads, users, items, ratings, weights, bad)
             return new_state, {"loss": loss, "mse": mse}
         # The grouped step always runs and changes nothing when a block overflowed its
         # slots; then a loop of at most one iteration runs the same step with a slot
@@ -599,13 +621,13 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
         # between the two steps, which passes the whole training state through its
         # branches, made MD steps about 1.5x slower on a CPU.)
         fits = _routing_fits(routing)
-        state, loss, mse = main(state, routing, heads, users, items, ratings, weights, active=fits)
+        state, loss, mse = main(state, routing, heads, users, items, ratings, weights, bad, active=fits)
         batch_size = users.shape[0]
         every_entry = {"user": (batch_size,) * config.user.n_blocks, "item": (batch_size,) * config.item.n_blocks}
 
         def overflow(carry):
             full = _batch_routing(config, users, items, weights, every_entry, heads)
-            new_state, loss, mse = main(carry[0], full, heads, users, items, ratings, weights)
+            new_state, loss, mse = main(carry[0], full, heads, users, items, ratings, weights, bad)
             return new_state, jnp.asarray(False), loss, mse
 
         state, _, loss, mse = jax.lax.while_loop(lambda carry: carry[1], overflow,
@@ -636,8 +658,16 @@ def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "au
 
     The batch is a dict of ``users`` and ``items`` (rows in block order, e.g.
     from :meth:`Model.encode <mdcf.models.Model.encode>`), ``ratings`` and
-    optional ``weights`` (0 marks padding). Metrics: ``loss`` (MSE plus
-    regularisation) and ``mse``, weighted means over the batch.
+    optional ``weights`` (0 marks padding; the ids of padding entries are
+    ignored). Metrics: ``loss`` (MSE plus regularisation) and ``mse``, weighted
+    means over the batch.
+
+    Ids outside the tables cannot raise inside ``jit``. A batch with such an id
+    in an entry of weight > 0 gives NaN ``loss`` and ``mse`` (:func:`fit`
+    would stop with an error naming the epoch and step). The row-sparse step
+    skips those entries, as if their weight were 0; on the dense path they
+    embed as NaN vectors (as :func:`mdcf.embedding.lookup` does under ``jit``)
+    and the parameters they reach become NaN.
 
     Example:
       >>> step = jax.jit(make_train_step(model, optimizer("adam", 1e-3), l2=0.05))  # doctest: +SKIP

@@ -323,6 +323,8 @@ def test_take_and_scatter_rows_match_numpy(shape, ids, seed):
     want = np.where(valid.reshape((-1,) + (1,) * (len(shape) - 1)), table[np.where(valid, ids, 0)], np.float32(-1.5))
     got = jax.jit(partial(embedding.take_rows, fill_value=-1.5))(table, ids)
     np.testing.assert_array_equal(got, want)
+    clipped = jax.jit(partial(embedding.take_rows, fill_value=None))(table, ids)  # clamped rows
+    np.testing.assert_array_equal(clipped, table[np.clip(ids, 0, shape[0] - 1)])
 
     added = table.copy()
     np.add.at(added, ids[valid], values[valid])
@@ -341,6 +343,10 @@ def test_take_and_scatter_rows_match_numpy(shape, ids, seed):
     grad = jax.grad(lambda t: jnp.sum(embedding.take_rows(t, jnp.asarray(ids)) * weights))(jnp.asarray(table))
     want_grad = np.zeros_like(table)
     np.add.at(want_grad, ids[valid], weights[valid])
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
+    grad = jax.grad(lambda t: jnp.sum(embedding.take_rows(t, jnp.asarray(ids), None) * weights))(jnp.asarray(table))
+    want_grad = np.zeros_like(table)
+    np.add.at(want_grad, np.clip(ids, 0, shape[0] - 1), weights)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
 
 

@@ -140,6 +140,41 @@ def test_overflow_fallback_with_adam_matches_slots_that_always_fit(kind):
     np.testing.assert_allclose(auto_metrics["loss"], roomy_metrics["loss"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("opt_name, sparse, specs", [
+    ("sgd", True, "uniform"), ("adam", True, "uniform"), ("sgd", True, "large"), ("adam", True, "large"),
+    ("sgd", False, "large"),
+])
+def test_out_of_range_ids_are_skipped_and_flagged_with_nan(opt_name, sparse, specs):
+    """Under jit a train step cannot raise: an entry of weight > 0 with an id outside the
+    tables makes the metrics NaN, and the row-sparse step skips it (the state is what the
+    batch gives with that entry's weight at 0); on a padding entry (weight 0) such an id
+    changes nothing."""
+    user, item = {"uniform": (MDSpec.uniform(44, 8), MDSpec.uniform(40, 8)), "large": (USER_LARGE, ITEM_LARGE)}[specs]
+    config = ModelConfig("mf", user, item)
+    opt = train.optimizer(opt_name, 0.05, sparse=sparse)
+    step = jax.jit(train.make_train_step(config, opt, l2=0.05))
+    state, _ = step(train.init_state(jax.random.key(0), config, opt, global_mean=3.0), batch_of(0))
+    for side, bad_id in (("users", user.n_rows), ("items", -1), ("items", item.n_rows + 7)):
+        bad = batch_of(1)
+        bad[side][10] = bad_id
+        skipped = batch_of(1)
+        skipped["weights"][10] = 0.0
+        got, metrics = step(state, bad)
+        want, want_metrics = step(state, skipped)
+        assert np.isnan(float(metrics["loss"])) and np.isnan(float(metrics["mse"]))
+        assert np.isfinite(float(want_metrics["loss"]))
+        if sparse:
+            for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                np.testing.assert_array_equal(x, y)
+        padded = batch_of(1)
+        padded[side][-1] = bad_id  # a padding entry (weight 0): its ids are ignored
+        want, want_metrics = step(state, batch_of(1))
+        got, got_metrics = step(state, padded)
+        assert float(got_metrics["loss"]) == float(want_metrics["loss"])
+        for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.parametrize("name", ["sgd", "adagrad", "rowwise_adagrad", "adam"])
 def test_whole_block_update_matches_row_updates(name):
     """A block updated whole (gradients summed per row, touched rows marked) equals the
