@@ -376,9 +376,11 @@ def _first_of_run(rows: jax.Array) -> jax.Array:
     return sorted_rows, jnp.searchsorted(sorted_rows, rows, side="left", method="scan_unrolled")
 
 
-def _combine_duplicates(rows: jax.Array, grads: jax.Array, n_rows: int):
-    """Sum gradients of repeated rows. Returns ``(unique_rows, summed)`` of the input's
-    length; unused entries get distinct out-of-range rows (dropped by scatters)."""
+def _duplicates(rows: jax.Array, n_rows: int):
+    """How to sum the gradients of repeated rows: ``(unique_rows, combine)``, where
+    ``combine(grads)`` sums each row's gradients into its entry of ``unique_rows``.
+    Both have the input's length; unused entries get distinct out-of-range rows
+    (dropped by scatters). One plan serves every table indexed by the same rows."""
     size = rows.shape[0]
     rows = jnp.minimum(rows, n_rows)  # every out-of-range row becomes n_rows
     spare = n_rows + jnp.arange(size, dtype=rows.dtype)
@@ -387,21 +389,33 @@ def _combine_duplicates(rows: jax.Array, grads: jax.Array, n_rows: int):
         sorted_rows = rows[order]
         new = jnp.concatenate([jnp.ones(1, bool), sorted_rows[1:] != sorted_rows[:-1]])
         segment = jnp.cumsum(new) - 1
-        summed = jnp.zeros_like(grads).at[segment].add(grads[order], indices_are_sorted=True)
         unique = spare.at[segment].set(sorted_rows, indices_are_sorted=True)
+
+        def combine(grads):
+            return jnp.zeros_like(grads).at[segment].add(grads[order], indices_are_sorted=True)
     else:
         sorted_rows, first = _first_of_run(rows)
-        summed = jnp.zeros_like(grads).at[first].add(grads)
         unique = spare.at[first].set(rows)  # duplicates write the same row
-    unique = jnp.where(unique < n_rows, unique, spare)
-    return unique, summed
+
+        def combine(grads):
+            return jnp.zeros_like(grads).at[first].add(grads)
+    return jnp.where(unique < n_rows, unique, spare), combine
 
 
-def _update_rows(table, state, rows, grads, row_opt: RowOptimizer, step):
+def _combine_duplicates(rows: jax.Array, grads: jax.Array, n_rows: int):
+    """Sum gradients of repeated rows. Returns ``(unique_rows, summed)`` (see :func:`_duplicates`)."""
+    unique, combine = _duplicates(rows, n_rows)
+    return unique, combine(grads)
+
+
+def _update_rows(table, state, rows, grads, row_opt: RowOptimizer, step, plan=None):
+    """Row-sparse update of ``table`` (and its row state) by the gradients of ``rows``;
+    ``plan``: :func:`_duplicates` of ``rows``, when already made for another table."""
     n = table.shape[0]
     if row_opt.delta is not None:
         return embedding.scatter_rows(table, rows, row_opt.delta(grads)), state
-    unique, summed = _combine_duplicates(rows, grads, n)
+    unique, combine = _duplicates(rows, n) if plan is None else plan
+    summed = combine(grads)
     # Spare entries of `unique` are out of range: they read a clamped row and are never written.
     current = embedding.take_rows(table, unique, None)
     current_state = tuple(embedding.take_rows(s, unique, None) for s in state)
@@ -572,6 +586,8 @@ def _mask_rows(tables: dict, row_ids: dict, active) -> dict:
 
 
 def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
+    sides = dict(config.row_tables)
+
     def apply_updates(state, row_ids, row_grads, dense_grads, whole, active=None):
         # whole: _whole_blocks of the gradients (from _sparse_grads).
         # active (a traced bool; None: always): when False the state is left as it was:
@@ -580,9 +596,19 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
         step = state.step + 1
         if active is not None:
             row_ids = _mask_rows(state.params["tables"], row_ids, active)
-        tables, row_state = {}, {}
+        tables, row_state, plans = {}, {}, {}
+
+        def plan(name, table, rows):
+            # Uniform embeddings and biases of one side are indexed by the same rows (the
+            # batch's ids; padding and skipped entries out of range): their duplicates
+            # are found once per side and table height.
+            key = (sides[name], table.shape[0])
+            if opt.rows.delta is None and key not in plans:
+                plans[key] = _duplicates(rows, table.shape[0])
+            return plans.get(key)
+
         for name, table in state.params["tables"].items():
-            if isinstance(table, tuple):
+            if isinstance(table, tuple) and len(table) > 1:
                 pairs = [
                     (_update_whole_block if e else _update_rows)(block, block_state, rows, grads, opt.rows, step)
                     for block, block_state, rows, grads, e in zip(
@@ -590,9 +616,15 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
                 ]
                 tables[name] = tuple(p[0] for p in pairs)
                 row_state[name] = tuple(p[1] for p in pairs)
+            elif isinstance(table, tuple):  # a uniform embedding: one block, updated row by row
+                block, rows = table[0], row_ids[name][0]
+                new_block, new_state = _update_rows(block, state.row_state[name][0], rows, row_grads[name][0],
+                                                    opt.rows, step, plan(name, block, rows))
+                tables[name], row_state[name] = (new_block,), (new_state,)
             else:
                 tables[name], row_state[name] = _update_rows(
-                    table, state.row_state[name], row_ids[name], row_grads[name], opt.rows, step)
+                    table, state.row_state[name], row_ids[name], row_grads[name], opt.rows, step,
+                    plan(name, table, row_ids[name]))
         updates, dense_state = opt.dense.update(dense_grads, state.dense_state, state.params["dense"])
         dense = optax.apply_updates(state.params["dense"], updates)
         if active is not None:

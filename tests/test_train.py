@@ -63,15 +63,19 @@ def _split(config, size=64):
 @pytest.mark.parametrize("kind, name, specs", [
     ("mf", "sgd", "small"), ("mf", "adagrad", "small"), ("neumf", "sgd", "small"), ("neumf", "adagrad", "small"),
     ("mf", "adagrad", "large"), ("neumf", "sgd", "large"), ("mf", "sgd", "mixed"),
+    ("mf", "adagrad", "uniform"), ("neumf", "adagrad", "uniform"),
 ])
 def test_row_sparse_matches_dense(kind, name, specs):
-    user, item = {"small": (USER, ITEM), "large": (USER_LARGE, ITEM_LARGE), "mixed": (USER_MIXED, ITEM_LARGE)}[specs]
+    """Uniform tables of one side and its bias share one plan for their duplicate rows."""
+    user, item = {"small": (USER, ITEM), "large": (USER_LARGE, ITEM_LARGE), "mixed": (USER_MIXED, ITEM_LARGE),
+                  "uniform": (MDSpec.uniform(44, 8), MDSpec.uniform(40, 8))}[specs]
     config = ModelConfig(kind, user, item, layers=(8, 4))
     heads, whole = _split(config)
     want_heads, want_whole = {
         "small": ({"user": 3, "item": 2}, {"user": (True,) * 3, "item": (True,) * 2}),  # nothing routed
         "large": ({"user": 2, "item": 1}, {"user": (True, True, False), "item": (True, False)}),
         "mixed": ({"user": 0, "item": 1}, {"user": (False, True, True), "item": (True, False)}),
+        "uniform": ({"user": 0, "item": 0}, {"user": (False,), "item": (False,)}),
     }[specs]
     assert heads == want_heads
     assert whole == {name: want_whole[side] for name, side, _ in config.embeddings}
