@@ -505,16 +505,25 @@ def _head_lookup(params: MDParams, spec: MDSpec, head: int, flat: jax.Array) -> 
     """``[B, d0]``: ids in the first ``head`` blocks embedded from those blocks'
     projected tables, stacked (one gather); ids in later blocks give zeros and
     out-of-range ids NaN."""
-    valid = (flat >= 0) & (flat < spec.n_rows)
-    dtype = params.tables[0].dtype
     if head == 0:
+        valid = (flat >= 0) & (flat < spec.n_rows)
+        dtype = params.tables[0].dtype
         start = jnp.where(valid[:, None], jnp.zeros((), dtype), jnp.asarray(jnp.nan, dtype))
         return jnp.broadcast_to(start, (flat.shape[0], spec.base_dim))
+    return head_gather(_projected_blocks(params, spec, head), spec, flat, jnp.nan)
+
+
+def head_gather(blocks: list[jax.Array], spec: MDSpec, ids: jax.Array, fill: float) -> jax.Array:
+    """``[B, d0]`` from the projected head ``blocks`` (``[n_i, d0]`` each, the first
+    ``len(blocks)`` blocks of ``spec``), stacked and gathered at once: ids in the head
+    read their row, ids in later blocks zeros, ids outside ``[0, n_rows)`` ``fill``.
+    Shared by :func:`lookup` and the row-sparse train step."""
+    head = len(blocks)
     end = spec.offsets[head] if head < spec.n_blocks else spec.n_rows
-    blocks = _projected_blocks(params, spec, head)
-    stacked = jnp.concatenate(blocks + [jnp.zeros((1, spec.base_dim), dtype)], axis=0)  # row `end`: zeros
-    index = jnp.where(flat < end, flat, jnp.where(valid, end, -1))  # negative ids stay negative: NaN
-    return take_rows(stacked, index, jnp.nan)
+    valid = (ids >= 0) & (ids < spec.n_rows)
+    stacked = jnp.concatenate(blocks + [jnp.zeros((1, spec.base_dim), blocks[0].dtype)], axis=0)  # row `end`: zeros
+    index = jnp.where(ids < end, ids, jnp.where(valid, end, -1))  # negative ids stay negative: fill
+    return take_rows(stacked, index, fill)
 
 
 def route_tail(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...], head: int) -> Routing:

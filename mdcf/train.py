@@ -292,7 +292,7 @@ def _init_state(key, global_mean, config: ModelConfig, opt: Optimizer) -> TrainS
 def _weighted_loss(pred, ratings, weights, penalty, l2, bad=None):
     """``(loss, mse)``, weighted means over the batch. ``bad`` (``[B]``, NaN for
     entries of weight > 0 with an id outside the tables, else 0; see
-    :func:`_skip_bad_ids`) makes both NaN without touching the gradients: it is a
+    :func:`_bad_ids`) makes both NaN without touching the gradients: it is a
     constant inside the sum."""
     err = pred - ratings
     total = jnp.maximum(jnp.sum(weights), 1.0)
@@ -302,13 +302,12 @@ def _weighted_loss(pred, ratings, weights, penalty, l2, bad=None):
     return loss, mse
 
 
-def _skip_bad_ids(config: ModelConfig, users, items, weights):
-    """``(weights, bad)``: entries whose user or item id lies outside the tables get
-    weight 0 (they are skipped, like padding); ``bad`` is NaN for those of them that
-    had weight > 0 and 0 elsewhere (see :func:`_weighted_loss`)."""
+def _bad_ids(config: ModelConfig, users, items, weights):
+    """``(inside, bad)``: whether each entry's user and item ids lie inside the tables,
+    and ``[B]`` NaN for the entries of weight > 0 that do not, 0 elsewhere (see
+    :func:`_weighted_loss`)."""
     inside = (users >= 0) & (users < config.user.n_rows) & (items >= 0) & (items < config.item.n_rows)
-    bad = jnp.where(inside | (weights <= 0), 0.0, jnp.nan).astype(weights.dtype)
-    return jnp.where(inside, weights, 0.0), bad
+    return inside, jnp.where(inside | (weights <= 0), 0.0, jnp.nan).astype(weights.dtype)
 
 
 def _batch_parts(batch):
@@ -341,7 +340,7 @@ def _dense_step(config: ModelConfig, opt: Optimizer, l2: float):
         users, items, ratings, weights = _batch_parts(batch)
         # Entries with bad ids are not skipped here (a select on the weights makes ml-100k
         # epochs about 1.1x slower): they embed as NaN, which the loss and gradients carry.
-        bad = _skip_bad_ids(config, users, items, weights)[1]
+        bad = _bad_ids(config, users, items, weights)[1]
         # Padding entries (weight 0) point at row 0: finite, and they add no gradient.
         users = jnp.where(weights > 0, users, 0)
         items = jnp.where(weights > 0, items, 0)
@@ -538,10 +537,9 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, b
                 vectors[name] = projected[0]
                 continue
             start = None
-            if head:  # ids past the head (and padding, -1) read out of range: zeros
-                end = spec.offsets[head] if head < spec.n_blocks else spec.n_rows
-                stacked = jnp.concatenate([v[:size] for v, size in zip(projected[:head], spec.sizes)], axis=0)
-                start = embedding.take_rows(stacked, jnp.where(ids[side] < end, ids[side], -1))
+            if head:  # ids past the head, and padding (-1), read zeros
+                start = embedding.head_gather([v[:size] for v, size in zip(projected[:head], spec.sizes)],
+                                              spec, ids[side], 0.0)
             if routing[side] is None:
                 vectors[name] = start
                 continue
@@ -640,7 +638,8 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
 
     def step(state: TrainState, batch):
         users, items, ratings, weights = _batch_parts(batch)
-        weights, bad = _skip_bad_ids(config, users, items, weights)
+        inside, bad = _bad_ids(config, users, items, weights)
+        weights = jnp.where(inside, weights, 0.0)  # skipped, like padding
         regular = capacities(users.shape[0])
         heads = _heads(config, regular)
         routing = _batch_routing(config, users, items, weights, regular, heads)
