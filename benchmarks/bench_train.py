@@ -15,13 +15,23 @@ Prints, in one run:
   ml-100k (a seeded 90/10 split): fit throughput and test RMSE side by side
   (skipped with a note if scikit-surprise is not installed: ``pip install ".[bench]"``).
 
+Each data set is measured in a fresh Python process, the 1x and the 10x tables in
+turn, for several rounds (``--rounds``, default 3, at 1M ratings; ``--rounds-20m``,
+default 1, at 20M, where one process takes minutes); the summary gives medians
+over rounds with their range, and the 10x/1x ratio as the median of each round's
+ratio. The ml-100k comparison runs each method once per round in turn, and its
+speed-up is the median of each round's ratio. One process's reading can be off
+by a third on a shared machine (its memory layout, its neighbours), so a single
+process would not tell a flat step from a slow one.
+
 Targets on a 2-core CPU: >= 5M ratings/s for MF d=64 at 20M ratings, >= 3x
 Surprise's throughput, epoch time linear in ratings and flat in table rows.
 
 Usage::
 
-    python benchmarks/bench_train.py            # full run (several minutes, ~6 GB of memory)
-    python benchmarks/bench_train.py --quick    # 1M ratings only
+    python benchmarks/bench_train.py                     # full run (about 15 minutes, ~6 GB of memory)
+    python benchmarks/bench_train.py --quick             # 1M ratings, one round (about 2 minutes)
+    python benchmarks/bench_train.py --rounds-20m 3      # medians at 20M too (about 30 minutes)
 """
 
 from __future__ import annotations
@@ -107,90 +117,182 @@ def bare_throughput(ratings, batch_size, epochs=None):
     return best_epoch(run, tables, data, len(ratings), batch_size, epochs)
 
 
-def surprise_vs_mdcf(data_dir):
+def surprise_vs_mdcf(data_dir, rounds: int):
+    """Rows ``(label, fit seconds per round, test RMSE)``, Surprise's SVD first (seconds
+    NaN when it is not installed), then mdcf's MF, all timed once per round in turn;
+    and the number of training ratings."""
     from mdcf import data, models, train
 
     ratings = data.load_movielens("ml-100k", data_dir=data_dir, verbose=False)
     train_part, test = data.split(ratings, "random", 0.1, seed=0)
-    rows = []
+    test_frame = test.to_dataframe()
     try:
-        import pandas as pd
         import surprise
 
         frame = train_part.to_dataframe()[["user", "item", "rating"]]
         trainset = surprise.Dataset.load_from_df(frame, surprise.Reader(rating_scale=(1, 5))).build_full_trainset()
+    except ImportError:
+        surprise = None
+
+    def surprise_svd():
         algo = surprise.SVD(n_factors=64, n_epochs=20, random_state=0)
         start = time.perf_counter()
         algo.fit(trainset)
         seconds = time.perf_counter() - start
-        test_frame = test.to_dataframe()
         pred = np.array([algo.predict(u, i).est for u, i in zip(test_frame["user"], test_frame["item"])])
-        rmse = float(np.sqrt(np.mean((pred - test_frame["rating"].to_numpy()) ** 2)))
-        rows.append(("Surprise SVD (Cython SGD, d=64, 20 epochs, defaults)", seconds, 20 * len(train_part) / seconds, rmse))
-        del pd
-    except ImportError:
-        rows.append(("Surprise SVD: scikit-surprise not installed (pip install '.[bench]')", float("nan"), float("nan"), float("nan")))
-    for label, kwargs in (
-        ("mdcf MF (d=64, 20 epochs, fit defaults: Adam, batch 2048)", {}),
-        ("mdcf MF (d=64, 20 epochs, row-sparse SGD lr 0.05, batch 2048)", {"optimizer_name": "sgd", "learning_rate": 0.05, "sparse": True}),
-    ):
-        model = models.build_model(train_part, "mf", dim=64)
-        result = train.fit(model, train_part, validation=None, epochs=20, progress=False, patience=None, **kwargs)
-        seconds = sum(h["seconds"] for h in result.history[1:]) * 20 / 19  # excludes the compile epoch
-        rmse = train.evaluate(model, result.params, test)["rmse"]
-        rows.append((label, seconds, 20 * len(train_part) / seconds, rmse))
-    return rows
+        return seconds, float(np.sqrt(np.mean((pred - test_frame["rating"].to_numpy()) ** 2)))
+
+    def mdcf_mf(kwargs):
+        def run():
+            model = models.build_model(train_part, "mf", dim=64)
+            result = train.fit(model, train_part, validation=None, epochs=20, progress=False, patience=None, **kwargs)
+            seconds = sum(h["seconds"] for h in result.history[1:]) * 20 / 19  # excludes the compile epoch
+            return seconds, train.evaluate(model, result.params, test)["rmse"]
+        return run
+
+    if surprise is None:
+        label = "Surprise SVD: scikit-surprise not installed (pip install '.[bench]')"
+        methods = [(label, lambda: (float("nan"), float("nan")))]
+    else:
+        methods = [("Surprise SVD (Cython SGD, d=64, 20 epochs, defaults)", surprise_svd)]
+    methods += [
+        ("mdcf MF (d=64, 20 epochs, fit defaults: Adam, batch 2048)", mdcf_mf({})),
+        ("mdcf MF (d=64, 20 epochs, row-sparse SGD lr 0.05, batch 2048)",
+         mdcf_mf({"optimizer_name": "sgd", "learning_rate": 0.05, "sparse": True})),
+    ]
+    seconds = {label: [] for label, _ in methods}
+    rmse = {}
+    for _ in range(rounds):
+        for label, method in methods:
+            took, rmse[label] = method()
+            seconds[label].append(took)
+    return [(label, seconds[label], rmse[label]) for label, _ in methods], len(train_part)
+
+
+VARIANTS = [  # (label, alpha, optimiser, sparse); optimiser None: the bare loop
+    ("uniform, SGD", 0.0, "sgd", True),
+    ("uniform, row-wise Adagrad", 0.0, "rowwise_adagrad", True),
+    ("uniform, lazy Adam", 0.0, "adam", True),
+    ("MD alpha 0.3, SGD", 0.3, "sgd", True),
+    ("MD alpha 0.3, lazy Adam", 0.3, "adam", True),
+    (BARE, 0.0, None, True),
+]
+DENSE = ("uniform, dense Adam", 0.0, "adam", False)
+
+
+def measure(scale: int, n: int, batch_size: int, with_dense: bool, tag: str) -> dict[str, float]:
+    """Every variant's best-epoch throughput (ratings/s) on one synthetic data set, in
+    this process; a line per variant on stderr as it finishes."""
+    import sys
+
+    from mdcf import data
+
+    ratings, _ = data.synthetic(USERS * scale, ITEMS * scale, n, rank=16, user_zipf=0.8, item_zipf=1.0,
+                                noise=0.7, seed=0)
+    rates = {}
+    for label, alpha, opt_name, sparse in VARIANTS + ([DENSE] if with_dense else []):
+        if opt_name is None:
+            seconds, rate = bare_throughput(ratings, batch_size)
+        else:
+            seconds, rate = epoch_throughput(ratings, alpha, opt_name, sparse, batch_size)
+        rates[label] = rate
+        print(f"{tag:<8} {n:>11,} {USERS * scale:>9,} x {ITEMS * scale:>7,} | {label:<28} | {seconds:>8.2f} "
+              f"{rate / 1e6:>11.2f}", file=sys.stderr, flush=True)
+    return rates
+
+
+def in_fresh_process(scale: int, n: int, batch_size: int, with_dense: bool, tag: str) -> dict:
+    """:func:`measure` in a new Python process (fresh allocations, so that one process's
+    memory layout does not decide a comparison): ``{"platform": ..., "rates": {label: ratings/s}}``."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, os.path.abspath(__file__), "--worker", f"{scale},{n},{int(with_dense)},{tag}",
+               "--batch-size", str(batch_size)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_train: the measurement at {n:,} ratings, {scale}x tables "
+                         f"failed (exit status {done.returncode}); its error is printed above")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarise(values) -> str:
+    values = sorted(values)
+    median = float(np.median(values))
+    spread = f" ({values[0]:.2f}-{values[-1]:.2f})" if len(values) > 1 else ""
+    return f"{median:.2f}{spread}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1M ratings only, fewer variants")
+    parser.add_argument("--quick", action="store_true", help="1M ratings only, one round")
     parser.add_argument("--batch-size", type=int, default=32768)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="fresh-process rounds at 1M ratings and for ml-100k (default 3, 1 with --quick)")
+    parser.add_argument("--rounds-20m", type=int, default=1,
+                        help="fresh-process rounds at 20M ratings (default 1: each process takes minutes)")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:  # scale,n,with_dense,tag: one measurement, its rates as JSON on stdout
+        import json
 
-    import jax
+        scale, n, with_dense, tag = args.worker.split(",", 3)
+        import jax
 
-    from mdcf import data
+        rates = measure(int(scale), int(n), args.batch_size, bool(int(with_dense)), tag)
+        print(json.dumps({"platform": jax.devices()[0].platform, "rates": rates}))
+        return
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if rounds < 1 or args.rounds_20m < 1:
+        parser.error(f"--rounds and --rounds-20m must be at least 1, got {rounds} and {args.rounds_20m}")
 
+    from importlib.metadata import version
+
+    # This process only starts the measuring ones (without JAX of its own) and runs the ml-100k part last.
     sizes = [1_000_000] if args.quick else [1_000_000, 20_000_000]
-    variants = [  # (label, alpha, optimiser, sparse)
-        ("uniform, SGD", 0.0, "sgd", True),
-        ("uniform, row-wise Adagrad", 0.0, "rowwise_adagrad", True),
-        ("uniform, lazy Adam", 0.0, "adam", True),
-        ("MD alpha 0.3, SGD", 0.3, "sgd", True),
-        ("MD alpha 0.3, lazy Adam", 0.3, "adam", True),
-        (BARE, 0.0, None, True),
-    ]
-    print(f"bench_train: MF d=64, batch {args.batch_size}, {os.cpu_count()} CPUs, jax {jax.__version__} "
-          f"on {jax.devices()[0].platform}")
-    print(f"{'ratings':>11} {'users x items':>19} | {'embedding, optimiser':<28} | {'epoch s':>8} {'M ratings/s':>11}")
-    rates = {}
-    for scale in (1, 10):
-        for n in sizes:
-            ratings, _ = data.synthetic(USERS * scale, ITEMS * scale, n, rank=16, user_zipf=0.8, item_zipf=1.0,
-                                        noise=0.7, seed=0)
-            chosen = variants + ([("uniform, dense Adam", 0.0, "adam", False)] if n == sizes[0] and scale == 1 else [])
-            for label, alpha, opt_name, sparse in chosen:
-                if opt_name is None:
-                    seconds, rate = bare_throughput(ratings, args.batch_size)
-                else:
-                    seconds, rate = epoch_throughput(ratings, alpha, opt_name, sparse, args.batch_size)
-                rates[scale, n, label] = rate
-                print(f"{n:>11,} {USERS * scale:>9,} x {ITEMS * scale:>7,} | {label:<28} | {seconds:>8.2f} {rate / 1e6:>11.2f}",
-                      flush=True)
-            del ratings
-    print("\nthroughput with 10x users and items / throughput at MovieLens-20M's size (1.00 = flat;"
-          f" '{BARE}': the caches' share of the drop)")
+    print(f"bench_train: MF d=64, batch {args.batch_size}, {os.cpu_count()} CPUs, jax {version('jax')}; "
+          "the best epoch of each fresh process", flush=True)
+    print(f"{'round':<8} {'ratings':>11} {'users x items':>19} | {'embedding, optimiser':<28} | "
+          f"{'epoch s':>8} {'M ratings/s':>11}", flush=True)
+    rates: dict[tuple, list[float]] = {}  # (n, scale, label) -> M ratings/s per round
+    platforms = set()
     for n in sizes:
-        print(f"{n:>11,} | " + ", ".join(f"{label}: {rates[10, n, label] / rates[1, n, label]:.2f}"
-                                          for label, *_ in variants))
-    print("\nml-100k, seeded 90/10 split: fit throughput at the same dimension and epochs")
-    print(f"{'method':<66} | {'fit s':>6} {'ratings/s':>10} {'x Surprise':>10} {'test RMSE':>9}")
-    rows = surprise_vs_mdcf(args.data_dir)
-    for label, seconds, rate, rmse in rows:
-        print(f"{label:<66} | {seconds:>6.2f} {rate:>10,.0f} {rate / rows[0][2]:>10.2f} {rmse:>9.4f}")
+        for round_ in range(args.rounds_20m if n == 20_000_000 else rounds):
+            for scale in (1, 10):  # 1x then 10x in turn: each round's ratio compares neighbours in time
+                found = in_fresh_process(scale, n, args.batch_size, n == sizes[0] and scale == 1, f"{round_ + 1}")
+                platforms.add(found["platform"])
+                for label, rate in found["rates"].items():
+                    rates.setdefault((n, scale, label), []).append(rate / 1e6)
 
+    print(f"\nM ratings/s on {', '.join(sorted(platforms))}, median over rounds (min-max); 10x/1x: median of each round's ratio, 1.00 = flat "
+          f"in table rows ('{BARE}': what the memory hierarchy alone costs)")
+    print(f"{'ratings':>11} {'rounds':>6} | {'embedding, optimiser':<28} | {'1x tables':>17} {'10x tables':>17} "
+          f"{'10x/1x':>17}")
+    for n in sizes:
+        for label, *_ in VARIANTS + [DENSE]:
+            one = rates.get((n, 1, label))
+            if not one:
+                continue
+            ten = rates.get((n, 10, label), [])
+            ratio = summarise([b / a for a, b in zip(one, ten)]) if ten else "-"
+            print(f"{n:>11,} {len(one):>6} | {label:<28} | {summarise(one):>17} "
+                  f"{summarise(ten) if ten else '-':>17} {ratio:>17}")
+    if 20_000_000 in sizes:
+        rate = float(np.median(rates[20_000_000, 1, "uniform, SGD"]))
+        print(f"target: >= 5M ratings/s for uniform MF d=64 at 20M ratings: {rate:.2f} ({'met' if rate >= 5 else 'missed'})")
+    print(f"\nml-100k, seeded 90/10 split: fit throughput at the same dimension and epochs; {rounds} round(s), "
+          "each method once per round in turn: median fit seconds, and x Surprise as the median of each round's ratio")
+    print(f"{'method':<66} | {'fit s':>6} {'ratings/s':>10} {'x Surprise':>17} {'test RMSE':>9}")
+    rows, n_train = surprise_vs_mdcf(args.data_dir, rounds)
+    reference = rows[0][1]
+    for label, seconds, rmse in rows:
+        median = float(np.median(seconds))
+        speedup = summarise([base / took for base, took in zip(reference, seconds)])
+        print(f"{label:<66} | {median:>6.2f} {20 * n_train / median:>10,.0f} {speedup:>17} {rmse:>9.4f}")
 
 if __name__ == "__main__":
     main()
