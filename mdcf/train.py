@@ -401,12 +401,6 @@ def _duplicates(rows: jax.Array, n_rows: int):
     return jnp.where(unique < n_rows, unique, spare), combine
 
 
-def _combine_duplicates(rows: jax.Array, grads: jax.Array, n_rows: int):
-    """Sum gradients of repeated rows. Returns ``(unique_rows, summed)`` (see :func:`_duplicates`)."""
-    unique, combine = _duplicates(rows, n_rows)
-    return unique, combine(grads)
-
-
 def _update_rows(table, state, rows, grads, row_opt: RowOptimizer, step, plan=None):
     """Row-sparse update of ``table`` (and its row state) by the gradients of ``rows``;
     ``plan``: :func:`_duplicates` of ``rows``, when already made for another table."""
@@ -606,19 +600,16 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
             return plans.get(key)
 
         for name, table in state.params["tables"].items():
-            if isinstance(table, tuple) and len(table) > 1:
+            if isinstance(table, tuple):  # MD blocks; a uniform embedding is one block (never whole)
+                shared = plan(name, table[0], row_ids[name][0]) if len(table) == 1 else None
+                update_rows = partial(_update_rows, plan=shared)
                 pairs = [
-                    (_update_whole_block if e else _update_rows)(block, block_state, rows, grads, opt.rows, step)
+                    (_update_whole_block if e else update_rows)(block, block_state, rows, grads, opt.rows, step)
                     for block, block_state, rows, grads, e in zip(
                         table, state.row_state[name], row_ids[name], row_grads[name], whole[name])
                 ]
                 tables[name] = tuple(p[0] for p in pairs)
                 row_state[name] = tuple(p[1] for p in pairs)
-            elif isinstance(table, tuple):  # a uniform embedding: one block, updated row by row
-                block, rows = table[0], row_ids[name][0]
-                new_block, new_state = _update_rows(block, state.row_state[name][0], rows, row_grads[name][0],
-                                                    opt.rows, step, plan(name, block, rows))
-                tables[name], row_state[name] = (new_block,), (new_state,)
             else:
                 tables[name], row_state[name] = _update_rows(
                     table, state.row_state[name], row_ids[name], row_grads[name], opt.rows, step,

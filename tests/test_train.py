@@ -462,7 +462,12 @@ def test_combine_duplicates_matches_numpy(rows, big, seed):
     n_rows = 2**28 if big else 11  # the large bound takes the sort + binary-search path
     rows = np.array(rows, np.int32)
     grads = np.random.default_rng(seed).standard_normal((len(rows), 3)).astype(np.float32)
-    unique, summed = jax.jit(train._combine_duplicates, static_argnums=2)(rows, grads, n_rows)
+
+    def combine(rows, grads, n_rows):
+        unique, summing = train._duplicates(rows, n_rows)
+        return unique, summing(grads)
+
+    unique, summed = jax.jit(combine, static_argnums=2)(rows, grads, n_rows)
     unique, summed = np.asarray(unique), np.asarray(summed)
     assert len(set(unique.tolist())) == len(unique)  # distinct, so scatters never collide
     got = {int(u): summed[j] for j, u in enumerate(unique) if u < n_rows}
