@@ -82,7 +82,7 @@ def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=N
     step = train.make_train_step(model, opt, l2=0.05)
     n = len(ratings)
     run = train._epoch_fn(step, n, batch_size, train._unroll(opt))
-    data = {key: jax.numpy.asarray(value) for key, value in train._by_user(model.encode(ratings)).items()}
+    data = train._pack(train._by_user(model.encode(ratings)))
     state = train.init_state(jax.random.key(0), model, opt)
     return best_epoch(run, state, data, n, batch_size, epochs)
 
@@ -97,15 +97,15 @@ def bare_throughput(ratings, batch_size, epochs=None):
 
     from mdcf import train
 
-    codes = train._by_user({"users": ratings.users.astype(np.int32), "items": ratings.items.astype(np.int32),
-                            "ratings": ratings.ratings.astype(np.float32)})
-    data = {key: jnp.asarray(value) for key, value in codes.items()}
+    # The same data layout as mdcf's epochs: one int32 [n, 3] array (user, item, rating bits).
+    data = train._pack(train._by_user({"users": ratings.users, "items": ratings.items, "ratings": ratings.ratings}))
 
     @partial(jax.jit, donate_argnums=0)
     def run(tables, data, order):
         def body(tables, index):
             user_table, item_table = tables
-            u, i, r = data["users"][index], data["items"][index], data["ratings"][index]
+            rows = data[index]
+            u, i, r = rows[:, 0], rows[:, 1], jax.lax.bitcast_convert_type(rows[:, 2], jnp.float32)
             eu, ei = user_table[u], item_table[i]
             err = (jnp.sum(eu * ei, axis=-1) - r)[:, None]
             lr = 1e-3 / index.shape[0]  # SGD on the batch's mean squared error, as mdcf's steps

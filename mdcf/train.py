@@ -867,6 +867,31 @@ def _by_user(encoded: dict) -> dict[str, np.ndarray]:
     return {key: np.ascontiguousarray(value[order]) for key, value in encoded.items()}
 
 
+def _pack(encoded: dict) -> jax.Array:
+    """The training arrays (:func:`_by_user`) as one int32 ``[n, 3]`` device array: per
+    rating its user row, item row and the float32 bits of the rating
+    (:func:`_unpack` reads a batch back).
+
+    A step then reads its batch with one gather of 12-byte rows instead of three
+    gathers of 4 bytes: the positions of a batch are spread over the whole data set,
+    so each rating costs one cache miss instead of three (uniform MF SGD, 20M
+    ratings, 2-core CPU: about 1.15x the epoch throughput).
+    """
+    users, items = np.asarray(encoded["users"]), np.asarray(encoded["items"])
+    for name, rows in (("users", users), ("items", items)):
+        if rows.size and (rows.min() < 0 or rows.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"training {name} rows must lie in [0, 2**31), found {rows.min()}..{rows.max()}")
+    ratings = np.asarray(encoded["ratings"], np.float32)
+    return jnp.asarray(np.stack([users.astype(np.int32), items.astype(np.int32), ratings.view(np.int32)], axis=1))
+
+
+def _unpack(data: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(users, items, ratings)`` of the ratings at positions ``index`` (in range) of a
+    :func:`_pack` array."""
+    rows = data.at[index].get(mode="promise_in_bounds", wrap_negative_indices=False)
+    return rows[:, 0], rows[:, 1], jax.lax.bitcast_convert_type(rows[:, 2], jnp.float32)
+
+
 def _epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     """The seeded shuffle of one epoch, padded to whole batches: int32 ``[n_batches, batch_size]``.
 
@@ -903,7 +928,8 @@ def _copy(tree):
 
 
 def _epoch_fn(step, n: int, batch_size: int, unroll: int = 1):
-    """A jitted epoch: a scan of train steps over the padded batches of ``order``.
+    """A jitted epoch ``run(state, data, order)``: a scan of train steps over the padded
+    batches of ``order`` (:func:`_epoch_order`), read from ``data`` (:func:`_pack`).
 
     The state passed in is donated: the epoch updates its buffers in place and the
     caller's arrays are deleted. Without donation XLA copies the whole state (every
@@ -919,8 +945,8 @@ def _epoch_fn(step, n: int, batch_size: int, unroll: int = 1):
 
         def body(state, xs):
             index, w = xs
-            batch = {"users": data["users"][index], "items": data["items"][index],
-                     "ratings": data["ratings"][index], "weights": w}
+            users, items, ratings = _unpack(data, index)
+            batch = {"users": users, "items": items, "ratings": ratings, "weights": w}
             state, metrics_ = step(state, batch)
             return state, (metrics_["loss"], metrics_["mse"], jnp.sum(w))
 
@@ -1039,7 +1065,7 @@ def fit(
     if n == 0:
         raise ValueError("fit: the training set is empty")
     batch_size = int(min(batch_size, n))
-    data = {key: jnp.asarray(value) for key, value in encoded.items()}
+    data = _pack(encoded)
     val_batch = None if validation is None else model.encode(validation)
 
     history: list[dict] = []
@@ -1066,7 +1092,7 @@ def fit(
                              f"devices of mesh axis {data_axis!r}")
         state = sharding_.shard_state(state, mesh, model_axis)
         order_sharding = sharding_.batch_sharding(mesh, data_axis, leading_dims=1)
-        data = jax.tree.map(lambda x: jax.device_put(x, sharding_.replicated(mesh)), data)
+        data = jax.device_put(data, sharding_.replicated(mesh))
     if initial_state is not None:  # each epoch donates its input state: never the caller's arrays
         state = _copy(state)
     run_epoch = _epoch_fn(step, n, batch_size, _unroll(opt))

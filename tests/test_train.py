@@ -518,6 +518,31 @@ def test_epoch_order_sorts_within_batches_of_the_seeded_shuffle(n, batch, seed, 
     assert not flat[n:].any()
 
 
+def test_packed_training_arrays_read_back_exactly():
+    rng = np.random.default_rng(0)
+    n = 40
+    ratings = rng.normal(size=n).astype(np.float32)
+    ratings[:4] = [-0.0, 1e-38, np.float32(3.4e38), 0.5]  # signed zero, tiny and huge values keep their bits
+    encoded = {"users": rng.integers(0, 2**31 - 1, n), "items": rng.integers(0, 1000, n).astype(np.int32),
+               "ratings": ratings}
+    packed = train._pack(encoded)
+    assert packed.shape == (n, 3) and packed.dtype == jnp.int32
+    index = rng.permutation(n)[:25].astype(np.int32)
+    users, items, read = jax.jit(train._unpack)(packed, jnp.asarray(index))
+    np.testing.assert_array_equal(np.asarray(users), encoded["users"][index])
+    np.testing.assert_array_equal(np.asarray(items), encoded["items"][index])
+    assert read.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(read).view(np.int32), ratings[index].view(np.int32))
+
+
+@pytest.mark.parametrize("side, rows", [("users", [0, 2**31]), ("items", [-1, 3])])
+def test_pack_refuses_rows_outside_int32(side, rows):
+    encoded = {"users": np.array([0, 1]), "items": np.array([0, 1]), "ratings": np.array([1.0, 2.0])}
+    encoded[side] = np.array(rows, np.int64)
+    with pytest.raises(ValueError, match=f"training {side} rows must lie in"):
+        train._pack(encoded)
+
+
 def test_training_arrays_are_ordered_by_user():
     rng = np.random.default_rng(0)
     encoded = {"users": rng.integers(0, 9, 50).astype(np.int32), "items": rng.integers(0, 7, 50).astype(np.int32),
