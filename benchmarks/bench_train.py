@@ -96,7 +96,7 @@ def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=N
 
 
 def bare_throughput(ratings, batch_size, epochs=None):
-    """The memory traffic of an SGD step alone, with no mdcf code: per batch, gather
+    """The memory traffic of an SGD step alone, with no mdcf code but the batch's read: per batch, gather
     the user and item rows of two plain tables, take a dot-product error, and
     scatter-add both updates back (SGD on the mean squared error). Its 10x / 1x ratio is what the memory
     hierarchy alone costs when tables outgrow the caches."""
@@ -112,8 +112,7 @@ def bare_throughput(ratings, batch_size, epochs=None):
     def run(tables, data, order):
         def body(tables, index):
             user_table, item_table = tables
-            rows = data[index]
-            u, i, r = rows[:, 0], rows[:, 1], jax.lax.bitcast_convert_type(rows[:, 2], jnp.float32)
+            u, i, r = train._unpack(data, index)
             eu, ei = user_table[u], item_table[i]
             err = (jnp.sum(eu * ei, axis=-1) - r)[:, None]
             lr = 1e-3 / index.shape[0]  # SGD on the batch's mean squared error, as mdcf's steps
