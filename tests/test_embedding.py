@@ -209,6 +209,19 @@ def test_vmap_over_parameters_and_ids(capacity, head):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("spec", [MDSpec((30, 70), (8, 2), 8), MDSpec.uniform(10, 4)], ids=["md", "uniform"])
+def test_empty_batches(spec):
+    params = init(jax.random.key(0), spec)
+    for shape in ((0,), (3, 0), (0, 5)):
+        ids = np.zeros(shape, np.int64)
+        assert lookup(params, spec, ids).shape == shape + (spec.base_dim,)
+        assert jax.jit(lambda p, i: lookup(p, spec, i))(params, ids).shape == shape + (spec.base_dim,)
+        grads = jax.grad(lambda p: jnp.sum(lookup(p, spec, ids)))(params)
+        assert all(not np.any(g) for g in jax.tree.leaves(grads))
+    bags = lookup_bag(params, spec, np.zeros((4, 0), np.int64), mode="mean")
+    np.testing.assert_array_equal(bags, np.zeros((4, spec.base_dim)))
+
+
 @pytest.mark.parametrize("spec", [MDSpec((5, 5), (4, 2), 4), MDSpec.uniform(10, 4), MDSpec((10,), (2,), 4)],
                          ids=["md", "uniform", "one-projected-block"])
 def test_out_of_range_ids(spec):
