@@ -10,9 +10,14 @@ forward+backward time per batch of
 
 as ratios to the uniform time, plus forward-only (inference) ratios for the MD
 layer and for its pre-projected table (:func:`mdcf.embedding.materialize`, one
-gather with :func:`mdcf.embedding.take_rows`). Rows are frequency-sorted with Zipf popularity and cut into
-equal-mass blocks; ids are drawn from that popularity. Each variant is timed on
-the same batches, interleaved, and the median of several rounds is reported.
+gather with :func:`mdcf.embedding.take_rows`), and the memory each compiled
+forward+backward takes for its temporary buffers. Rows are frequency-sorted
+with Zipf popularity and cut into equal-mass blocks; ids are drawn from that
+popularity. Each variant is timed on
+the same batches. Each round times every variant once, in turn (the order
+reversed every other round), and a ratio is taken within the round, so that
+the machine's slow and fast spells hit both sides of it alike; the median over
+rounds is reported, with the range for the two targets.
 
 Targets on a 2-core CPU: MD <= 1.5x the uniform step at the same d0; MD with 8x
 fewer parameters <= 1.0x.
@@ -41,7 +46,7 @@ def main() -> None:
     parser.add_argument("--base-dim", type=int, default=64)
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--zipf", type=float, default=1.0, help="popularity exponent of the rows")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--quick", action="store_true", help="three configurations only")
     args = parser.parse_args()
 
@@ -77,13 +82,17 @@ def main() -> None:
             return jax.lax.scan(body, 0.0, ids)[0]
 
         run(params, ids).block_until_ready()
-        return lambda: run(params, ids).block_until_ready()
+        call = lambda: run(params, ids).block_until_ready()  # noqa: E731
+        memory = run.lower(params, ids).compile().memory_analysis()
+        call.temp_mb = float("nan") if memory is None else memory.temp_size_in_bytes / 1e6
+        return call
 
     rows_out = []
     print(f"bench_embedding: d0={d0}, alpha={args.alpha}, Zipf {args.zipf}, {os.cpu_count()} CPUs, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}; ms per batch of forward+backward")
-    header = (f"{'rows':>9} {'batch':>6} {'k':>3} | {'uniform':>8} | {'MD params':>9} {'MD':>6} | "
-              f"{'MD/8 params':>11} {'MD/8':>6} | {'fwd MD':>6} {'fwd pre':>7}")
+          f"jax {jax.__version__} on {jax.devices()[0].platform}; uniform: ms per batch of forward+backward "
+          f"(median of {args.rounds} rounds); the others: median (range) of per-round ratios to it")
+    header = (f"{'rows':>9} {'batch':>6} {'k':>3} | {'uniform':>8} | {'MD params':>9} {'MD':>6} {'range':>9} | "
+              f"{'MD/8 params':>11} {'MD/8':>6} {'range':>9} | {'fwd MD':>6} {'fwd pre':>7} | {'temp MB':>11}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
@@ -112,27 +121,39 @@ def main() -> None:
             "md_fwd": timed(md, md_params, ids, cotangent, forward_only=True),
             "pre_fwd": timed(md, materialize(md_params, md), ids, cotangent, forward_only=True, pre_projected=True),
         }
+        # Each timing repeats its call until the uniform step has run for about 30 ms, so
+        # that the small configurations are not measured at the timer's grain.
+        start = time.perf_counter()
+        variants["uniform"]()
+        reps = max(1, int(0.03 / max(time.perf_counter() - start, 1e-6)))
         times = {name: [] for name in variants}
-        for _ in range(args.rounds):
-            for name, call in variants.items():
+        order = list(variants)
+        for round_ in range(args.rounds):
+            for name in (order if round_ % 2 == 0 else order[::-1]):
                 start = time.perf_counter()
-                call()
+                for _ in range(reps):
+                    variants[name]()
                 times[name].append(time.perf_counter() - start)
-        median = {name: float(np.median(t)) / steps * 1e3 for name, t in times.items()}
-        ratio = {name: median[name] / median["uniform"] for name in ("md", "small")}
-        ratio_fwd = {name: median[name] / median["uniform_fwd"] for name in ("md_fwd", "pre_fwd")}
+        times = {name: np.asarray(t) / reps for name, t in times.items()}
+        uniform_ms = float(np.median(times["uniform"])) / steps * 1e3
+        ratios = {name: times[name] / times[base] for name, base in
+                  (("md", "uniform"), ("small", "uniform"), ("md_fwd", "uniform_fwd"), ("pre_fwd", "uniform_fwd"))}
+        ratio = {name: float(np.median(r)) for name, r in ratios.items()}
+        spread = {name: f"{r.min():.2f}-{r.max():.2f}" for name, r in ratios.items()}
         share = num_params(md) / num_params(uniform)
         share_small = num_params(small) / num_params(uniform)
         rows_out.append((n, batch, k, ratio["md"], ratio["small"]))
-        print(f"{n:>9,} {batch:>6} {k:>3} | {median['uniform']:>8.2f} | {share:>9.3f} {ratio['md']:>5.2f}x | "
-              f"{share_small:>11.3f} {ratio['small']:>5.2f}x | {ratio_fwd['md_fwd']:>5.2f}x {ratio_fwd['pre_fwd']:>6.2f}x",
-              flush=True)
+        print(f"{n:>9,} {batch:>6} {k:>3} | {uniform_ms:>8.2f} | {share:>9.3f} {ratio['md']:>5.2f}x {spread['md']:>9} | "
+              f"{share_small:>11.3f} {ratio['small']:>5.2f}x {spread['small']:>9} | "
+              f"{ratio['md_fwd']:>5.2f}x {ratio['pre_fwd']:>6.2f}x | "
+              f"{'/'.join(f'{variants[v].temp_mb:.0f}' for v in ('uniform', 'md', 'small')):>11}", flush=True)
     met_md = sum(r[3] <= 1.5 for r in rows_out)
     met_small = sum(r[4] <= 1.0 for r in rows_out)
     print(f"\nMD at the same d0 <= 1.5x uniform: {met_md}/{len(rows_out)} configurations")
     print(f"MD with 8x fewer parameters <= 1.0x uniform: {met_small}/{len(rows_out)} configurations")
     print("MD params / MD/8 params: parameter count relative to the uniform table (projections included); "
-          "fwd: forward-only time relative to the uniform forward; pre: gathers from the pre-projected table")
+          "fwd: forward-only time relative to the uniform forward; pre: gathers from the pre-projected table; "
+          "temp MB: the compiled forward+backward's temporary buffers, uniform/MD/MD/8 (allocated on every call)")
 
 
 if __name__ == "__main__":
