@@ -13,11 +13,11 @@ layer and for its pre-projected table (:func:`mdcf.embedding.materialize`, one
 gather with :func:`mdcf.embedding.take_rows`), and the memory each compiled
 forward+backward takes for its temporary buffers. Rows are frequency-sorted
 with Zipf popularity and cut into equal-mass blocks; ids are drawn from that
-popularity. Each variant is timed on
-the same batches. Each round times every variant once, in turn (the order
-reversed every other round), and a ratio is taken within the round, so that
-the machine's slow and fast spells hit both sides of it alike; the median over
-rounds is reported, with the range for the two targets.
+popularity. Each variant is timed on the same batches. Each round times every
+variant once, in turn (the order reversed every other round), and a ratio is
+taken within the round, so that the machine's slow and fast spells hit both
+sides of it alike; the median over rounds is reported, with the range for the
+two targets.
 
 Targets on a 2-core CPU: MD <= 1.5x the uniform step at the same d0; MD with 8x
 fewer parameters <= 1.0x.
@@ -81,9 +81,10 @@ def main() -> None:
 
             return jax.lax.scan(body, 0.0, ids)[0]
 
-        run(params, ids).block_until_ready()
-        call = lambda: run(params, ids).block_until_ready()  # noqa: E731
-        memory = run.lower(params, ids).compile().memory_analysis()
+        compiled = run.lower(params, ids).compile()
+        compiled(params, ids).block_until_ready()
+        call = lambda: compiled(params, ids).block_until_ready()  # noqa: E731
+        memory = compiled.memory_analysis()
         call.temp_mb = float("nan") if memory is None else memory.temp_size_in_bytes / 1e6
         return call
 

@@ -602,7 +602,7 @@ def _lookup_grouped_or_masked_bwd(spec, capacities, residuals, cotangent):
         ids = jax.lax.dynamic_slice_in_dim(flat, start, chunk)
         owned = start + jnp.arange(chunk) >= c * chunk  # entries of the chunk before: not again
         rows = jnp.where(owned[:, None], jax.lax.dynamic_slice_in_dim(cotangent, start, chunk), 0)
-        part = jax.vjp(lambda p: piece(p, ids), params)[1](rows.astype(cotangent.dtype))[0]
+        part = jax.vjp(lambda p: piece(p, ids), params)[1](rows)[0]
         return jax.tree.map(lambda t, g: jnp.where(c == 0, g, t + g), total, part)
 
     param_grads = _unless_fits(routing.fits, grads, flat.shape[0], chunk, update)
