@@ -253,71 +253,81 @@ def route(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...]) -> Routing:
     """Group a flat batch of ids by block, ``capacities[i]`` slots for block ``i``.
 
     Out-of-range ids, and ids beyond a block's capacity, get no slot; ``fits``
-    says whether the latter happened. Pure integer work, no gradients.
+    says whether the latter happened. Pure integer work, no gradients. Every
+    per-id step is elementwise (a select per block, no gathers, which are slow
+    per element on a CPU) but for one scatter that places the ids' rows and
+    batch positions in their slots.
     """
     k = spec.n_blocks
     flat = ids.reshape(-1)
+    batch = flat.shape[0]
     total = int(sum(capacities))
-    offsets = jnp.asarray(spec.offsets, flat.dtype)
-    starts_host = np.concatenate([[0], np.cumsum(capacities)[:-1]]).astype(np.int64)
-    valid = (flat >= 0) & (flat < spec.n_rows)
-    block_of = jnp.sum(flat[:, None] >= offsets[None, 1:], axis=1, dtype=flat.dtype)
-    block_of = jnp.where(valid, block_of, k)  # k: no block
-    rank = _ranks(block_of, k + 1)
-    inside = jnp.minimum(block_of, k - 1)
-    has_slot = valid & (rank < jnp.asarray(capacities, flat.dtype)[inside])
-    slot = jnp.where(has_slot, jnp.asarray(starts_host, flat.dtype)[inside] + rank, total)
-    grouped = jnp.full(total, -1, flat.dtype).at[slot].set(flat - offsets[inside], mode="drop", unique_indices=True)
+    starts = np.concatenate([[0], np.cumsum(capacities)[:-1]]).astype(np.int64)
+    block = jnp.full(flat.shape, k, jnp.int32)  # k: no block (out of range)
+    for i, (offset, size) in enumerate(zip(spec.offsets, spec.sizes)):
+        block = jnp.where((flat >= offset) & (flat < offset + size), i, block)
+    rank = _ranks(block, k)
+    slot = jnp.full(flat.shape, total, flat.dtype)
+    local = jnp.full(flat.shape, -1, flat.dtype)
+    for i, (offset, capacity) in enumerate(zip(spec.offsets, capacities)):
+        mine = block == i
+        slot = jnp.where(mine & (rank < capacity), (int(starts[i]) + rank).astype(flat.dtype), slot)
+        local = jnp.where(mine, flat - offset, local)
+    fits = jnp.all((slot < total) == (block < k))
+    unset = jnp.broadcast_to(jnp.asarray([-1, batch], flat.dtype), (total, 2))  # [local row, batch position]
+    placed = unset.at[slot].set(jnp.stack([local, jnp.arange(batch, dtype=flat.dtype)], axis=1),
+                                mode="drop", unique_indices=True)
     rows = tuple(
         jnp.where(part < 0, size, part)
-        for part, size in zip(jnp.split(grouped, starts_host[1:].tolist()), spec.sizes)
+        for part, size in zip(jnp.split(placed[:, 0], starts[1:].tolist()), spec.sizes)
     )
-    batch = flat.shape[0]
-    placed = jnp.full(total, batch, flat.dtype).at[slot].set(
-        jnp.arange(batch, dtype=flat.dtype), mode="drop", unique_indices=True)
-    positions = tuple(jnp.split(placed, starts_host[1:].tolist()))
-    return Routing(rows, slot, jnp.all(has_slot == valid), positions)
+    positions = tuple(jnp.split(placed[:, 1], starts[1:].tolist()))
+    return Routing(rows, slot, fits, positions)
 
 
-def _ranks(values: jax.Array, k: int, chunk: int = 128, packed_from: int = 1024) -> jax.Array:
-    """For each entry of ``values`` (ints in ``[0, k)``), how many earlier entries
-    hold the same value: its rank within its group, in order.
+def _ranks(values: jax.Array, k: int, chunk: int = 32) -> jax.Array:
+    """For each entry of ``values`` with a value in ``[0, k)``, how many earlier
+    entries hold the same value: its rank within its group, in order. Entries
+    with other values get 0 and count for nothing.
 
-    The plain form, a cumulative sum over a ``[B, k]`` one-hot matrix, is slow on
-    a CPU (XLA runs it as a log-depth scan over the whole matrix: about 2 ms at
-    B = 65,536, k = 8). Here the batch is cut into chunks of ``chunk`` (< 256)
-    entries: within a chunk, counts fit in 8 bits, so four groups share one
-    int32 word and the cumulative sum runs over ``[B, ceil(k / 4)]`` words; the
-    per-chunk totals (a small ``[B / chunk, k]`` matrix) give each chunk's start.
-    Exact (integer arithmetic); about 3-4x faster. Batches of fewer than
-    ``packed_from`` entries take the plain form (cheaper to compile, as fast).
+    Exact integer counting by small matrix products, which a CPU runs far faster
+    than a cumulative sum (XLA runs one as a loop per output element over a
+    window): the batch is cut into chunks of ``chunk`` entries, and within a
+    chunk the running counts of several groups share one float32 word, each in
+    a field of ``chunk.bit_length()`` bits (a count within a chunk is at most
+    ``chunk``), 24 bits per word in all, so every sum is an integer below 2**24
+    and exact. One product with an upper-triangular ``[chunk, chunk]`` matrix of
+    ones gives every entry's running counts within its chunk; the chunks' totals
+    (a small ``[B / chunk, k]`` matrix) give each chunk's start. ``precision``
+    is the highest, so that no backend rounds the products.
     """
-    assert 1 <= chunk < 256
     size = values.shape[0]
-    if size < packed_from:
-        one_hot = values[:, None] == jnp.arange(k, dtype=values.dtype)[None, :]
-        return jnp.sum(jnp.where(one_hot, jnp.cumsum(one_hot, axis=0, dtype=jnp.int32) - 1, 0), axis=1)
-    pad = (-size) % chunk
+    bits = chunk.bit_length()
+    per_word = 24 // bits
+    words = -(-k // per_word)
     values = values.astype(jnp.int32)
+    pad = (-size) % chunk
     if pad:
-        values = jnp.concatenate([values, jnp.zeros(pad, jnp.int32)])
+        values = jnp.concatenate([values, jnp.full(pad, k, jnp.int32)])
     n_chunks = values.shape[0] // chunk
-    words = -(-k // 4)
-    shift = (values % 4) * 8
-    word = values // 4
-    ones = jnp.where(word[:, None] == jnp.arange(words, dtype=jnp.int32)[None, :],
-                     jnp.left_shift(1, shift)[:, None], 0)  # [B, words]: 1 in the entry's 8-bit field
-    inner = jnp.cumsum(ones.reshape(n_chunks, chunk, words), axis=1)  # counts within each chunk, packed
-    mine = jnp.sum(jnp.where(word[:, None] == jnp.arange(words, dtype=jnp.int32)[None, :],
-                             inner.reshape(-1, words), 0), axis=1)
-    within = (jnp.right_shift(mine, shift) & 255) - 1
-    totals = inner[:, -1, :]  # [n_chunks, words], packed
-    totals = jnp.right_shift(totals[:, :, None], 8 * jnp.arange(4, dtype=jnp.int32)) & 255
-    totals = totals.reshape(n_chunks, 4 * words)
-    starts = jnp.cumsum(totals, axis=0) - totals  # [n_chunks, 4 * words]: entries before each chunk
-    chunk_of = jnp.arange(values.shape[0], dtype=jnp.int32) // chunk
-    before = starts.reshape(-1)[chunk_of * (4 * words) + values]
-    return (within + before)[:size]
+    field = (values % per_word) * bits
+    word = values // per_word
+    ones = jnp.stack([jnp.where(word == w, jnp.left_shift(1, field), 0) for w in range(words)]).astype(jnp.float32)
+    upper = jnp.triu(jnp.ones((chunk, chunk), jnp.float32))
+    inner = jnp.dot(ones.reshape(words * n_chunks, chunk), upper, precision=jax.lax.Precision.HIGHEST)
+    inner = inner.astype(jnp.int32).reshape(words, n_chunks, chunk)  # running counts within each chunk, packed
+    mask = (1 << bits) - 1
+
+    def unpack(packed, group):
+        return jnp.right_shift(packed[group // per_word], bits * (group % per_word)) & mask
+
+    totals = jnp.stack([unpack(inner[:, :, -1], group) for group in range(k)], axis=1)  # [n_chunks, k]
+    before = jnp.cumsum(totals, axis=0) - totals  # entries of each group in the chunks before
+    grid = values.reshape(n_chunks, chunk)
+    out = jnp.zeros((n_chunks, chunk), jnp.int32)
+    for group in range(k):
+        out = jnp.where(grid == group, unpack(inner, group) - 1 + before[:, group:group + 1], out)
+    return out.reshape(-1)[:size]
 
 
 def assemble(spec: MDSpec, block_vectors, routing: Routing, fill: float = float("nan"),
