@@ -579,7 +579,7 @@ def _unless_fits(fits: jax.Array, value, batch: int, chunk: int, update: Callabl
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _lookup_grouped_or_masked(params: MDParams, flat: jax.Array, spec: MDSpec, capacities: tuple[int, ...]):
+def _lookup_grouped_exact(params: MDParams, flat: jax.Array, spec: MDSpec, capacities: tuple[int, ...]):
     """The grouped path when every block's load fits its capacity, else the same
     lookup chunk by chunk (:func:`_unless_fits`).
 
@@ -588,10 +588,10 @@ def _lookup_grouped_or_masked(params: MDParams, flat: jax.Array, spec: MDSpec, c
     pass takes the VJP of the path that ran with that routing, so the ids are
     routed once per step.
     """
-    return _lookup_grouped_or_masked_fwd(params, flat, spec, capacities)[0]
+    return _lookup_grouped_exact_fwd(params, flat, spec, capacities)[0]
 
 
-def _lookup_grouped_or_masked_fwd(params, flat, spec, capacities):
+def _lookup_grouped_exact_fwd(params, flat, spec, capacities):
     route_tail, routed, piece, chunk = _head_and_tail(spec, capacities)
     routing = route_tail(flat)
 
@@ -603,7 +603,7 @@ def _lookup_grouped_or_masked_fwd(params, flat, spec, capacities):
     return out, (params, flat, routing)
 
 
-def _lookup_grouped_or_masked_bwd(spec, capacities, residuals, cotangent):
+def _lookup_grouped_exact_bwd(spec, capacities, residuals, cotangent):
     params, flat, routing = residuals
     _, routed, piece, chunk = _head_and_tail(spec, capacities)
     grads = jax.vjp(lambda p: routed(p, routing, flat), params)[1](cotangent)[0]
@@ -619,7 +619,7 @@ def _lookup_grouped_or_masked_bwd(spec, capacities, residuals, cotangent):
     return param_grads, np.zeros(flat.shape, dtype=jax.dtypes.float0)  # ids: no gradient
 
 
-_lookup_grouped_or_masked.defvjp(_lookup_grouped_or_masked_fwd, _lookup_grouped_or_masked_bwd)
+_lookup_grouped_exact.defvjp(_lookup_grouped_exact_fwd, _lookup_grouped_exact_bwd)
 
 
 def block_capacities(spec: MDSpec, batch: int) -> tuple[int, ...]:
@@ -688,7 +688,7 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
     elif (capacity == "auto" and spec.n_rows <= batch) or head_blocks(spec, capacities) == spec.n_blocks:
         out = _head_lookup(params, spec, spec.n_blocks, flat)  # every block projected whole
     else:
-        out = _lookup_grouped_or_masked(params, flat, spec, capacities)
+        out = _lookup_grouped_exact(params, flat, spec, capacities)
     return out.reshape(*ids.shape, spec.base_dim)
 
 
