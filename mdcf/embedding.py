@@ -263,17 +263,20 @@ def route(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...]) -> Routing:
     batch = flat.shape[0]
     total = int(sum(capacities))
     starts = np.concatenate([[0], np.cumsum(capacities)[:-1]]).astype(np.int64)
+    # One pass over the blocks: each id's block, its block's first row, and one past its
+    # block's last slot (0 for ids out of range: they get no slot).
     block = jnp.full(flat.shape, k, jnp.int32)  # k: no block (out of range)
-    for i, (offset, size) in enumerate(zip(spec.offsets, spec.sizes)):
-        block = jnp.where((flat >= offset) & (flat < offset + size), i, block)
-    rank = _ranks(block, k)
-    slot = jnp.full(flat.shape, total, flat.dtype)
-    local = jnp.full(flat.shape, -1, flat.dtype)
-    for i, (offset, capacity) in enumerate(zip(spec.offsets, capacities)):
-        mine = block == i
-        slot = jnp.where(mine & (rank < capacity), (int(starts[i]) + rank).astype(flat.dtype), slot)
-        local = jnp.where(mine, flat - offset, local)
-    fits = jnp.all((slot < total) == (block < k))
+    first = jnp.zeros(flat.shape, flat.dtype)
+    end = jnp.zeros(flat.shape, flat.dtype)
+    for i, (offset, size, capacity) in enumerate(zip(spec.offsets, spec.sizes, capacities)):
+        inside = (flat >= offset) & (flat < offset + size)
+        block = jnp.where(inside, i, block)
+        first = jnp.where(inside, offset, first)
+        end = jnp.where(inside, int(starts[i]) + capacity, end)
+    position, counts = _ranks(block, k, start=starts)  # the id's slot, if its block has room
+    slot = jnp.where(position < end, position, total).astype(flat.dtype)
+    local = jnp.where(block < k, flat - first, -1)
+    fits = jnp.all(counts <= np.asarray(capacities))  # every in-range id got a slot
     unset = jnp.broadcast_to(jnp.asarray([-1, batch], flat.dtype), (total, 2))  # [local row, batch position]
     placed = unset.at[slot].set(jnp.stack([local, jnp.arange(batch, dtype=flat.dtype)], axis=1),
                                 mode="drop", unique_indices=True)
@@ -285,10 +288,11 @@ def route(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...]) -> Routing:
     return Routing(rows, slot, fits, positions)
 
 
-def _ranks(values: jax.Array, k: int, chunk: int = 32) -> jax.Array:
-    """For each entry of ``values`` with a value in ``[0, k)``, how many earlier
-    entries hold the same value: its rank within its group, in order. Entries
-    with other values get 0 and count for nothing.
+def _ranks(values: jax.Array, k: int, chunk: int = 32, start=None) -> tuple[jax.Array, jax.Array]:
+    """For each entry of ``values`` with a value ``v`` in ``[0, k)``, how many earlier
+    entries hold the same value: its rank within its group, in order, plus
+    ``start[v]`` when ``start`` (``k`` integers) is given. Entries with other values
+    get 0 and count for nothing. Also returns the ``[k]`` count of each value.
 
     Exact integer counting by small matrix products, which a CPU runs far faster
     than a cumulative sum (XLA runs one as a loop per output element over a
@@ -299,7 +303,8 @@ def _ranks(values: jax.Array, k: int, chunk: int = 32) -> jax.Array:
     and exact. One product with an upper-triangular ``[chunk, chunk]`` matrix of
     ones gives every entry's running counts within its chunk; the chunks' totals
     (a small ``[B / chunk, k]`` matrix) give each chunk's start. ``precision``
-    is the highest, so that no backend rounds the products.
+    is the highest, so that no backend rounds the products. Per entry, the work
+    is a select of its word, a shift, and a select of its group's start.
     """
     size = values.shape[0]
     bits = chunk.bit_length()
@@ -310,24 +315,30 @@ def _ranks(values: jax.Array, k: int, chunk: int = 32) -> jax.Array:
     if pad:
         values = jnp.concatenate([values, jnp.full(pad, k, jnp.int32)])
     n_chunks = values.shape[0] // chunk
-    field = (values % per_word) * bits
-    word = values // per_word
+    grid = values.reshape(n_chunks, chunk)
+    valid = (grid >= 0) & (grid < k)
+    word = jnp.where(valid, grid // per_word, -1)
+    field = jnp.where(valid, (grid % per_word) * bits, 0)
     ones = jnp.stack([jnp.where(word == w, jnp.left_shift(1, field), 0) for w in range(words)]).astype(jnp.float32)
     upper = jnp.triu(jnp.ones((chunk, chunk), jnp.float32))
     inner = jnp.dot(ones.reshape(words * n_chunks, chunk), upper, precision=jax.lax.Precision.HIGHEST)
     inner = inner.astype(jnp.int32).reshape(words, n_chunks, chunk)  # running counts within each chunk, packed
     mask = (1 << bits) - 1
-
-    def unpack(packed, group):
-        return jnp.right_shift(packed[group // per_word], bits * (group % per_word)) & mask
-
-    totals = jnp.stack([unpack(inner[:, :, -1], group) for group in range(k)], axis=1)  # [n_chunks, k]
-    before = jnp.cumsum(totals, axis=0) - totals  # entries of each group in the chunks before
-    grid = values.reshape(n_chunks, chunk)
-    out = jnp.zeros((n_chunks, chunk), jnp.int32)
+    totals = jnp.stack([
+        jnp.right_shift(inner[group // per_word, :, -1], bits * (group % per_word)) & mask for group in range(k)
+    ], axis=1)  # [n_chunks, k]
+    before = jnp.cumsum(totals, axis=0) - totals - 1  # entries of each group in the chunks before, less one
+    if start is not None:
+        before = before + jnp.asarray(np.asarray(start), jnp.int32)
+    packed = inner[0]
+    for w in range(1, words):
+        packed = jnp.where(word == w, inner[w], packed)
+    out = jnp.right_shift(packed, field) & mask  # running count within the chunk, this entry included
+    base = jnp.zeros((n_chunks, chunk), jnp.int32)
     for group in range(k):
-        out = jnp.where(grid == group, unpack(inner, group) - 1 + before[:, group:group + 1], out)
-    return out.reshape(-1)[:size]
+        base = jnp.where(grid == group, before[:, group:group + 1], base)
+    out = jnp.where(valid, out + base, 0)
+    return out.reshape(-1)[:size], jnp.sum(totals, axis=0)
 
 
 def assemble(spec: MDSpec, block_vectors, routing: Routing, fill: float = float("nan"),

@@ -386,17 +386,20 @@ def test_row_view_is_taken_on_cpu_only(monkeypatch, backend):
 
 
 @settings(max_examples=40, deadline=None)
-@given(values=st.lists(st.integers(0, 18), min_size=1, max_size=700), k_extra=st.integers(-2, 3),
-       chunk=st.sampled_from([1, 2, 7, 32, 64, 255]))
-def test_ranks_match_counting(values, k_extra, chunk):
-    """Each entry's rank is the number of earlier entries with the same value, for every chunk
-    size (and so every packing of groups into words), against a count; values outside
-    ``[0, k)`` get 0 and are not counted."""
+@given(values=st.lists(st.integers(-3, 18), min_size=1, max_size=700), k_extra=st.integers(-2, 3),
+       chunk=st.sampled_from([1, 2, 7, 32, 64, 255]), shifted=st.booleans())
+def test_ranks_match_counting(values, k_extra, chunk, shifted):
+    """Each entry's rank is the number of earlier entries with the same value (plus that value's
+    start, when given), for every chunk size (and so every packing of groups into words),
+    against a count; values outside ``[0, k)`` get 0 and are not counted, and the counts
+    per value are returned."""
     values = np.array(values, np.int32)
     k = max(1, int(values.max()) + 1 + k_extra)
-    want = np.array([np.sum(values[:i] == v) if v < k else 0 for i, v in enumerate(values)])
-    got = jax.jit(partial(embedding._ranks, k=k, chunk=chunk))(values)
+    start = np.arange(k) * 1000 + 7 if shifted else np.zeros(k, int)
+    want = np.array([np.sum(values[:i] == v) + start[v] if 0 <= v < k else 0 for i, v in enumerate(values)])
+    got, counts = jax.jit(partial(embedding._ranks, k=k, chunk=chunk, start=start if shifted else None))(values)
     np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(counts, np.bincount(values[(values >= 0) & (values < k)], minlength=k))
 
 
 @settings(max_examples=40, deadline=None)
