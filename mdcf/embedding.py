@@ -279,7 +279,7 @@ def route(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...]) -> Routing:
     fits = jnp.all(counts <= np.asarray(capacities))  # every in-range id got a slot
     unset = jnp.broadcast_to(jnp.asarray([-1, batch], flat.dtype), (total, 2))  # [local row, batch position]
     placed = unset.at[slot].set(jnp.stack([local, jnp.arange(batch, dtype=flat.dtype)], axis=1),
-                                mode="drop", unique_indices=True)
+                                mode="drop", unique_indices=True, wrap_negative_indices=False)
     rows = tuple(
         jnp.where(part < 0, size, part)
         for part, size in zip(jnp.split(placed[:, 0], starts[1:].tolist()), spec.sizes)
@@ -317,9 +317,11 @@ def _ranks(values: jax.Array, k: int, chunk: int = 32, start=None) -> tuple[jax.
     n_chunks = values.shape[0] // chunk
     grid = values.reshape(n_chunks, chunk)
     valid = (grid >= 0) & (grid < k)
-    word = jnp.where(valid, grid // per_word, -1)
-    field = jnp.where(valid, (grid % per_word) * bits, 0)
-    ones = jnp.stack([jnp.where(word == w, jnp.left_shift(1, field), 0) for w in range(words)]).astype(jnp.float32)
+    # lax.div and lax.rem truncate, which is floor division for these non-negative values,
+    # without the sign corrections of // and %.
+    word = jnp.where(valid, jax.lax.div(grid, per_word), -1)
+    field = jnp.where(valid, jax.lax.rem(grid, per_word) * bits, 0)
+    ones = jnp.where(word == jnp.arange(words)[:, None, None], jnp.left_shift(1, field), 0).astype(jnp.float32)
     upper = jnp.triu(jnp.ones((chunk, chunk), jnp.float32))
     inner = jnp.dot(ones.reshape(words * n_chunks, chunk), upper, precision=jax.lax.Precision.HIGHEST)
     inner = inner.astype(jnp.int32).reshape(words, n_chunks, chunk)  # running counts within each chunk, packed
