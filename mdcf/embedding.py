@@ -495,10 +495,11 @@ def head_blocks(spec: MDSpec, capacities: tuple[int, ...]) -> int:
     batch's ids, so once ``n_i`` is about its slots' count, projecting the whole
     block (``n_i * d_i * d0`` multiply-adds) costs no more than projecting each
     slot, and all of the head's ids are then served by one gather (and its
-    gradient by one scatter), with no routing. ``benchmarks/bench_embedding.py``
-    on a 2-core CPU (d0=64, forward and backward, MD time / uniform time): at 100k
-    rows and batch 65,536, 2.35x (k=8) and 1.46x (k=16) with every block routed,
-    1.34x and 0.91x with the head.
+    gradient by one scatter), with no routing. Timed as in
+    ``benchmarks/bench_embedding.py`` on a 2-core CPU (d0=64, forward and
+    backward, projections changing every step, MD time / uniform time): at 100k
+    rows and batch 65,536, 1.45x (k=8) and 1.24x (k=16) with every block routed,
+    1.20x and 0.66x with the head; at batch 16,384 and k=8, 1.01x and 0.79x.
     """
     head = 0
     while head < spec.n_blocks and spec.sizes[head] <= HEAD_ROWS_PER_SLOT * capacities[head]:
