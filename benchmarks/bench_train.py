@@ -89,7 +89,7 @@ def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=N
     opt = train.optimizer(opt_name, 1e-3, sparse=sparse)
     step = train.make_train_step(model, opt, l2=0.05)
     n = len(ratings)
-    run = train._epoch_fn(step, n, batch_size, train._unroll(opt))
+    run = train._epoch_fn(step, n, batch_size)
     data = train._pack(train._by_user(model.encode(ratings)))
     state = train.init_state(jax.random.key(0), model, opt)
     return best_epoch(run, state, data, n, batch_size, epochs)

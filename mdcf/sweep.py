@@ -348,9 +348,6 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
                             row.update(status=f"infeasible: {reason}"[:300])
                         else:
                             row.update(_train_one(model, fit_part, val, test, config, seed, l2, lr, mesh))
-                            # Every model compiles its own functions; long sweeps would
-                            # otherwise accumulate compiled code until memory runs out.
-                            jax.clear_caches()
                         if writer:
                             _append(results_path, row)
                         done.add(_key(row))
@@ -358,6 +355,10 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
                             bar.update(1)
                             if "test_mse" in row:
                                 bar.set_postfix(budget=budget, alpha=alpha, test_mse=round(row["test_mse"], 4))
+                    # Every model compiles its own functions; long sweeps would otherwise
+                    # accumulate compiled code until memory runs out. The runs of one model
+                    # share what they can (its evaluation) before it is dropped.
+                    jax.clear_caches()
     finally:
         if bar is not None:
             bar.close()
