@@ -72,10 +72,16 @@ def test_lookup_and_gradients_match_naive(spec, seed, shape, capacity):
     rng = np.random.default_rng(seed)
     params = init(jax.random.key(seed % 1000), spec)
     ids = rng.integers(0, spec.n_rows, size=shape)
-    np.testing.assert_allclose(lookup(params, spec, ids, capacity=capacity), naive_lookup(params, spec, ids),
-                               rtol=1e-5, atol=1e-6)
     cotangent = rng.standard_normal(shape + (spec.base_dim,)).astype(np.float32)
-    grads = jax.grad(lambda p: jnp.sum(lookup(p, spec, ids, capacity=capacity) * cotangent))(params)
+
+    def loss(p, i):
+        vectors = lookup(p, spec, i, capacity=capacity)
+        return jnp.sum(vectors * cotangent), vectors
+
+    # One compiled function per example (eager, every op would compile on its own);
+    # test_jit_and_eager_agree_and_no_recompilation checks that eager gives the same.
+    (_, vectors), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, ids)
+    np.testing.assert_allclose(vectors, naive_lookup(params, spec, ids), rtol=1e-5, atol=1e-6)
     want_tables, want_projections = naive_grads(params, spec, ids, cotangent)
     for got, want in zip(grads.tables, want_tables):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -177,6 +183,11 @@ def test_jit_and_eager_agree_and_no_recompilation():
     assert len(traces) == 1  # new batches of the same shape reuse the compiled function
     f(params, rng.integers(0, 100, 32))
     assert len(traces) == 2
+    ct = rng.standard_normal((64, 8)).astype(np.float32)
+    for capacity in ("auto", 3):  # gradients too: grouped, and grouped with the overflow fallback
+        grad = jax.grad(lambda p, i: jnp.sum(lookup(p, spec, i, capacity=capacity) * ct))
+        for got, want in zip(jax.tree.leaves(jax.jit(grad)(params, ids)), jax.tree.leaves(grad(params, ids))):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("capacity, head", [(14, 0), (30, 1)])
@@ -319,10 +330,20 @@ def test_params_are_a_pytree():
     assert doubled.projections[0] is None
 
 
+# Compiled once for all examples of the property test below.
+_take_fill = jax.jit(partial(embedding.take_rows, fill_value=-1.5))
+_take_clip = jax.jit(partial(embedding.take_rows, fill_value=None))
+_scatter_add = jax.jit(embedding.scatter_rows)
+_scatter_set = jax.jit(partial(embedding.scatter_rows, op="set", unique_indices=True))
+_take_grad = jax.jit(jax.grad(lambda t, i, w: jnp.sum(embedding.take_rows(t, i) * w)))
+_take_clip_grad = jax.jit(jax.grad(lambda t, i, w: jnp.sum(embedding.take_rows(t, i, None) * w)))
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     shape=st.sampled_from([(7,), (7, 1), (7, 2), (7, 3), (7, 4), (7, 6), (7, 8), (7, 12), (5, 64)]),
-    ids=st.lists(st.integers(-3, 10), min_size=1, max_size=20),
+    # Two batch lengths, so that examples share compiled functions.
+    ids=st.sampled_from([1, 20]).flatmap(lambda n: st.lists(st.integers(-3, 10), min_size=n, max_size=n)),
     seed=st.integers(0, 50),
 )
 def test_take_and_scatter_rows_match_numpy(shape, ids, seed):
@@ -334,14 +355,14 @@ def test_take_and_scatter_rows_match_numpy(shape, ids, seed):
     valid = (ids >= 0) & (ids < shape[0])
 
     want = np.where(valid.reshape((-1,) + (1,) * (len(shape) - 1)), table[np.where(valid, ids, 0)], np.float32(-1.5))
-    got = jax.jit(partial(embedding.take_rows, fill_value=-1.5))(table, ids)
+    got = _take_fill(table, ids)
     np.testing.assert_array_equal(got, want)
-    clipped = jax.jit(partial(embedding.take_rows, fill_value=None))(table, ids)  # clamped rows
+    clipped = _take_clip(table, ids)  # clamped rows
     np.testing.assert_array_equal(clipped, table[np.clip(ids, 0, shape[0] - 1)])
 
     added = table.copy()
     np.add.at(added, ids[valid], values[valid])
-    np.testing.assert_allclose(jax.jit(embedding.scatter_rows)(table, ids, values), added, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_scatter_add(table, ids, values), added, rtol=1e-6, atol=1e-6)
 
     _, first = np.unique(ids, return_index=True)  # one update per row for "set"
     unique = np.full_like(ids, shape[0] + 5)
@@ -349,15 +370,15 @@ def test_take_and_scatter_rows_match_numpy(shape, ids, seed):
     unique_valid = (unique >= 0) & (unique < shape[0])
     written = table.copy()
     written[unique[unique_valid]] = values[unique_valid]
-    got = jax.jit(partial(embedding.scatter_rows, op="set", unique_indices=True))(table, unique, values)
+    got = _scatter_set(table, unique, values)
     np.testing.assert_array_equal(got, written)
 
     weights = rng.standard_normal(values.shape).astype(np.float32)
-    grad = jax.grad(lambda t: jnp.sum(embedding.take_rows(t, jnp.asarray(ids)) * weights))(jnp.asarray(table))
+    grad = _take_grad(table, ids, weights)
     want_grad = np.zeros_like(table)
     np.add.at(want_grad, ids[valid], weights[valid])
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
-    grad = jax.grad(lambda t: jnp.sum(embedding.take_rows(t, jnp.asarray(ids), None) * weights))(jnp.asarray(table))
+    grad = _take_clip_grad(table, ids, weights)
     want_grad = np.zeros_like(table)
     np.add.at(want_grad, np.clip(ids, 0, shape[0] - 1), weights)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
@@ -438,7 +459,7 @@ def test_route_groups_every_id_that_fits(spec, ids, capacity):
 def test_assemble_by_positions_matches_stack_and_gather(spec, ids, capacity, fill, seed):
     """assemble's scatter into batch positions against the plain stack-and-gather, values and gradients."""
     ids = np.array(ids, np.int32)
-    routing = embedding.route(spec, jnp.asarray(ids), (capacity,) * spec.n_blocks)
+    routing = jax.jit(partial(embedding.route, spec, capacities=(capacity,) * spec.n_blocks))(ids)
     plain = routing._replace(positions=None)
     rng = np.random.default_rng(seed)
     vectors = tuple(jnp.asarray(rng.standard_normal((capacity, spec.base_dim)).astype(np.float32))
@@ -449,8 +470,9 @@ def test_assemble_by_positions_matches_stack_and_gather(spec, ids, capacity, fil
         out = embedding.assemble(spec, v, r, fill)
         return jnp.sum(jnp.where(jnp.isnan(out), 0, out) * weights), out
 
-    (want_sum, want), want_grads = jax.value_and_grad(total, has_aux=True)(vectors, plain)
-    (got_sum, got), got_grads = jax.jit(jax.value_and_grad(total, has_aux=True))(vectors, routing)
+    both = jax.jit(lambda v: (jax.value_and_grad(total, has_aux=True)(v, plain),
+                              jax.value_and_grad(total, has_aux=True)(v, routing)))
+    ((want_sum, want), want_grads), ((got_sum, got), got_grads) = both(vectors)
     np.testing.assert_array_equal(got, want)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)

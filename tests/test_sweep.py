@@ -1,8 +1,8 @@
 """Equal-budget sweeps: exact budgets, one tuning protocol, resumable atomic results, plots, scripts."""
 
 import csv
+import itertools
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,18 +39,11 @@ def test_models_for_a_budget_are_within_one_percent(kind):
         assert md.config.user.n_blocks == 3 and md.config.item.n_blocks == 3
 
 
-@pytest.fixture(scope="module")
-def swept(ratings, tmp_path_factory):
-    """One small sweep shared by the tests that read it (each works on its own copy)."""
-    out = tmp_path_factory.mktemp("swept")
-    return out, sweep.run_sweep(small_config(), out, ratings=ratings, progress=False)
-
-
-def test_sweep_rows_resume_and_selection(ratings, swept, tmp_path):
+def test_sweep_rows_resume_and_selection(ratings, tmp_path):
     config = small_config()
-    shutil.copytree(swept[0], tmp_path, dirs_exist_ok=True)
+    swept = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False)
     rows = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False)  # all done: read back
-    assert [r["seconds"] for r in rows] == [r["seconds"] for r in swept[1]]
+    assert [r["seconds"] for r in rows] == [r["seconds"] for r in swept]
     assert len(rows) == 2 * 2 * 2  # budgets x alphas x l2 grid
     assert all(r["status"] == "ok" for r in rows)
     for r in rows:
@@ -96,11 +89,19 @@ def test_results_with_foreign_columns_are_refused(tmp_path):
         sweep.read_results(tmp_path / "results.csv")
 
 
-def test_plots_write_png_and_pdf(ratings, swept, tmp_path):
+def test_plots_write_png_and_pdf(ratings, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    rows = swept[1]
+    rows = []  # a sweep's rows: two budgets x two alphas x two l2 values x two seeds
+    for budget, alpha, l2, seed in itertools.product((1_000, 4_000), (0.0, 0.5), (0.05, 0.2), (0, 1)):
+        row = {column: 0 for column in sweep.COLUMNS}
+        error = 1.0 - budget / 1e4 - alpha / 10 + l2 + seed / 100
+        row.update(dataset="synthetic", model="mf", budget=budget, params=budget - 7, alpha=alpha, blocks=3, l2=l2,
+                   seed=seed, learning_rate=3e-3, status="ok", train_mse=error - 0.2, val_mse=error,
+                   test_mse=error + 0.01, test_mse_popular=error - 0.1, test_mse_rare=error + 0.1,
+                   train_mse_popular=error - 0.3, train_mse_rare=error - 0.1)
+        rows.append(row)
     for name, figure in (("curves", plots.budget_curves(rows)), ("ablation", plots.alpha_ablation(rows))):
         png, pdf = plots.save(figure, tmp_path / name)
         assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:4] == b"%PDF"
