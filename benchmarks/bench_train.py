@@ -82,14 +82,16 @@ def best_epoch(run, state, data, n, batch_size, epochs=None):
 
 def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=None):
     import jax
+    import jax.numpy as jnp
 
     from mdcf import models, train
 
     model = models.build_model(ratings, "mf", dim=64, alpha=kind_alpha, blocks=8)
     opt = train.optimizer(opt_name, 1e-3, sparse=sparse)
-    step = train.make_train_step(model, opt, l2=0.05)
     n = len(ratings)
-    run = train._epoch_fn(step, n, batch_size)
+    epoch = train._epoch_fn(lambda l2: train.make_train_step(model, opt, l2=l2), n, batch_size)
+    l2 = jnp.asarray(0.05, jnp.float32)
+    run = lambda state, data, order: epoch(state, data, order, l2)  # noqa: E731
     data = train._pack(train._by_user(model.encode(ratings)))
     state = train.init_state(jax.random.key(0), model, opt)
     return best_epoch(run, state, data, n, batch_size, epochs)

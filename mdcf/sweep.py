@@ -357,7 +357,8 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
                                 bar.set_postfix(budget=budget, alpha=alpha, test_mse=round(row["test_mse"], 4))
                     # Every model compiles its own functions; long sweeps would otherwise
                     # accumulate compiled code until memory runs out. The runs of one model
-                    # share what they can (its evaluation) before it is dropped.
+                    # share what they can before it is dropped: its compiled initial state,
+                    # epoch (l2 is an argument of it) and evaluation.
                     jax.clear_caches()
     finally:
         if bar is not None:

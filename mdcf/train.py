@@ -298,8 +298,9 @@ def _weighted_loss(pred, ratings, weights, penalty, l2, bad=None):
     total = jnp.maximum(jnp.sum(weights), 1.0)
     squares = weights * err**2 if bad is None else weights * err**2 + bad
     mse = jnp.sum(squares) / total
-    loss = mse + l2 * jnp.sum(weights * penalty) / total if l2 else mse
-    return loss, mse
+    if isinstance(l2, (int, float)) and not l2:  # a traced l2 (fit's epochs) is always applied
+        return mse, mse
+    return mse + l2 * jnp.sum(weights * penalty) / total, mse
 
 
 def _bad_ids(config: ModelConfig, users, items, weights):
@@ -920,9 +921,12 @@ def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-def _epoch_fn(step, n: int, batch_size: int):
-    """A jitted epoch ``run(state, data, order)``: a scan of train steps over the padded
-    batches of ``order`` (:func:`_epoch_order`), read from ``data`` (:func:`_pack`).
+def _epoch_fn(step_for: Callable, n: int, batch_size: int):
+    """A jitted epoch ``run(state, data, order, l2)``: a scan of the train steps
+    ``step_for(l2)`` over the padded batches of ``order`` (:func:`_epoch_order`), read
+    from ``data`` (:func:`_pack`). ``l2`` is an argument of the compiled epoch, not a
+    constant in it, so that runs that differ only in ``l2`` share it
+    (:func:`_cached_epoch_fn`).
 
     The state passed in is donated: the epoch updates its buffers in place and the
     caller's arrays are deleted. Without donation XLA copies the whole state (every
@@ -938,8 +942,9 @@ def _epoch_fn(step, n: int, batch_size: int):
     n_batches = -(-n // batch_size)
 
     @partial(jax.jit, donate_argnums=0)
-    def run(state, data, order):
+    def run(state, data, order, l2):
         weight = (jnp.arange(n_batches * batch_size) < n).astype(jnp.float32).reshape(n_batches, batch_size)
+        step = step_for(l2)
 
         def body(state, xs):
             index, w = xs
@@ -952,6 +957,31 @@ def _epoch_fn(step, n: int, batch_size: int):
         return state, losses, mses, sizes
 
     return run
+
+
+@lru_cache(maxsize=8)
+def _cached_epoch_fn(config: ModelConfig, opt: Optimizer, n: int, batch_size: int, with_l2: bool, mesh,
+                     data_axis: str, model_axis: str | None) -> Callable:
+    """:func:`_epoch_fn` of ``config``'s train step, shared by the fits that differ only in
+    ``l2`` (``with_l2=False``: no regularisation term at all).
+
+    ``fit`` builds its optimiser with :func:`_named_optimizer`, so equal settings give
+    the same ``opt`` and reach this cache (and :func:`_jitted_init`'s). Compiling the
+    epoch and the initial state is most of an ml-100k fit: in a sweep over an l2 grid
+    (``experiments/budget_sweep.py``), every run but a model's first now skips both.
+    The last few are kept; the others' compiled code is freed.
+    """
+    def step_for(l2):
+        return make_train_step(config, opt, l2=l2 if with_l2 else 0.0, mesh=mesh, data_axis=data_axis,
+                               model_axis=model_axis)
+
+    return _epoch_fn(step_for, n, batch_size)
+
+
+@lru_cache(maxsize=8)
+def _named_optimizer(name: str, learning_rate: float, sparse: bool, weight_decay: float) -> Optimizer:
+    """:func:`optimizer`, the same object for the same settings (see :func:`_cached_epoch_fn`)."""
+    return optimizer(name, learning_rate, sparse=sparse, weight_decay=weight_decay)
 
 
 def auto_sparse(model, batch_size: int) -> bool:
@@ -1055,9 +1085,9 @@ def fit(
     if opt is None:
         if sparse == "auto":
             sparse = auto_sparse(model, batch_size)
-        opt = optimizer(optimizer_name, learning_rate, sparse=bool(sparse), weight_decay=weight_decay)
+        opt = _named_optimizer(optimizer_name, float(learning_rate), bool(sparse), float(weight_decay))
     opt = _as_optimizer(opt)
-    step = make_train_step(model, opt, l2=l2, mesh=mesh, data_axis=data_axis, model_axis=model_axis)
+    l2 = float(l2)
     encoded = _by_user(model.encode(train))
     n = len(train)
     if n == 0:
@@ -1093,7 +1123,12 @@ def fit(
         data = jax.device_put(data, sharding_.replicated(mesh))
     if initial_state is not None:  # each epoch donates its input state: never the caller's arrays
         state = _copy(state)
-    run_epoch = _epoch_fn(step, n, batch_size)
+    try:
+        run_epoch = _cached_epoch_fn(config, opt, n, batch_size, l2 != 0.0, mesh, data_axis, model_axis)
+    except TypeError:  # an unhashable optimiser: compile for this fit only
+        run_epoch = _epoch_fn(lambda l2_: make_train_step(model, opt, l2=l2_ if l2 else 0.0, mesh=mesh,
+                                                          data_axis=data_axis, model_axis=model_axis), n, batch_size)
+    l2_value = jnp.asarray(l2, jnp.float32)
 
     def unpadded(value):
         return value if mesh is None else sharding_.trim_state(value, config)
@@ -1118,7 +1153,7 @@ def fit(
             order = next_order if next_order is not None else _epoch_order(seed, epoch, n, batch_size)
             if order_sharding is not None:
                 order = jax.device_put(order, order_sharding)
-            new_state, losses, mses, sizes = run_epoch(state, data, order)  # dispatched asynchronously
+            new_state, losses, mses, sizes = run_epoch(state, data, order, l2_value)  # dispatched asynchronously
             next_order = _epoch_order(seed, epoch + 1, n, batch_size) if epoch < epochs else None
             losses = np.asarray(losses)
             if not np.isfinite(losses).all():

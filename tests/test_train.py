@@ -265,6 +265,41 @@ def test_fit_is_deterministic_and_learns(small_data):
     assert set(metrics) >= {"mse", "rmse", "mae", "mse_popular", "mse_rare"}
 
 
+def test_fits_that_differ_in_l2_share_their_compiled_epoch(small_data):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=8, alpha=0.4, blocks=3)
+    kwargs = dict(epochs=3, batch_size=256, progress=False, seed=3, sparse=True, refit=False)
+    train._cached_epoch_fn.cache_clear()
+    weak = train.fit(model, train_part, l2=0.01, **kwargs)
+    strong = train.fit(model, train_part, l2=0.5, **kwargs)
+    info = train._cached_epoch_fn.cache_info()
+    assert (info.misses, info.hits) == (1, 1)  # one compiled epoch for both
+    # l2 is applied, and as a run of its own would apply it: nothing carries over from the run before.
+    penalty = [r.history[-1]["train_loss"] - r.history[-1]["train_mse"] for r in (weak, strong)]
+    assert 0 < 5 * penalty[0] < penalty[1], penalty
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(weak.params), jax.tree.leaves(strong.params)))
+    train._cached_epoch_fn.cache_clear()
+    alone = train.fit(model, train_part, l2=0.5, **kwargs)
+    for x, y in zip(jax.tree.leaves(alone.params), jax.tree.leaves(strong.params)):
+        np.testing.assert_array_equal(x, y)
+    train.fit(model, train_part, l2=0.0, **kwargs)  # no regularisation term: a step of its own
+    assert train._cached_epoch_fn.cache_info().misses == 2
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_traced_l2_steps_as_a_constant_one(small_data, sparse):
+    """fit passes l2 to its compiled epochs as an argument; make_train_step's users pass a number."""
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=8, alpha=0.4, blocks=3)
+    opt = train.optimizer("adam", 1e-2, sparse=sparse)
+    state = train.init_state(jax.random.key(0), model, opt)
+    batch = jax.tree.map(lambda x: x[:256], model.encode(train_part))
+    constant = jax.jit(train.make_train_step(model, opt, l2=0.3))(state, batch)
+    traced = jax.jit(lambda s, b, l2: train.make_train_step(model, opt, l2=l2)(s, b))(state, batch, 0.3)
+    for x, y in zip(jax.tree.leaves(constant), jax.tree.leaves(traced)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
 def test_resuming_is_exact(small_data, tmp_path):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "neumf", dim=8, alpha=0.4, blocks=3, layers=(8, 4))
