@@ -10,7 +10,7 @@ against the best MD alpha per budget.
 
 Examples::
 
-    python experiments/budget_sweep.py                              # ml-100k, MF (about 5 minutes)
+    python experiments/budget_sweep.py                              # ml-100k, MF (about 3 minutes)
     python experiments/budget_sweep.py --model neumf --seeds 0 1 2
     python experiments/budget_sweep.py --dataset synthetic --dims 1 4 16
     MDCF_FAST=1 python experiments/budget_sweep.py                  # a tiny smoke run
