@@ -1123,11 +1123,11 @@ def fit(
         data = jax.device_put(data, sharding_.replicated(mesh))
     if initial_state is not None:  # each epoch donates its input state: never the caller's arrays
         state = _copy(state)
+    epoch_args = (config, opt, n, batch_size, l2 != 0.0, mesh, data_axis, model_axis)
     try:
-        run_epoch = _cached_epoch_fn(config, opt, n, batch_size, l2 != 0.0, mesh, data_axis, model_axis)
+        run_epoch = _cached_epoch_fn(*epoch_args)
     except TypeError:  # an unhashable optimiser: compile for this fit only
-        run_epoch = _epoch_fn(lambda l2_: make_train_step(model, opt, l2=l2_ if l2 else 0.0, mesh=mesh,
-                                                          data_axis=data_axis, model_axis=model_axis), n, batch_size)
+        run_epoch = _cached_epoch_fn.__wrapped__(*epoch_args)
     l2_value = jnp.asarray(l2, jnp.float32)
 
     def unpadded(value):
