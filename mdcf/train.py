@@ -38,6 +38,7 @@ classic MF SGD does; it touches only the rows of the batch. ``weight_decay``
 from __future__ import annotations
 
 import math
+import operator
 import os
 import time
 import warnings
@@ -775,6 +776,7 @@ def evaluate(model: Model, params: dict, ratings, batch_size: int = 1 << 14, cli
       training frequency; the paper's Fig. 3 split), with ``n``, ``n_popular``,
       ``n_rare``. Predictions are clipped to the rating scale unless ``clip=False``.
     """
+    models.check_params(model.config, params, "evaluate: params")
     batch = model.encode(ratings)
     pred = _predict_rows(model, params, batch["users"], batch["items"], batch_size, clip)
     return metrics.rating_metrics(pred, batch["ratings"], batch["items"], model.config.item.n_rows)
@@ -791,6 +793,7 @@ def predict(model: Model, params: dict, user_ids, item_ids, clip: bool = True, b
     Returns:
       float32 ``[n]``, clipped to the rating scale unless ``clip=False``.
     """
+    models.check_params(model.config, params, "predict: params")
     user_ids = np.asarray(user_ids)
     item_ids = np.asarray(item_ids)
     if user_ids.shape != item_ids.shape or user_ids.ndim != 1:
@@ -995,6 +998,42 @@ def auto_sparse(model, batch_size: int) -> bool:
     return config.user.n_rows + config.item.n_rows >= 8 * batch_size
 
 
+def _check_fit_args(**values) -> None:
+    """``ValueError`` naming the first of :func:`fit`'s numeric arguments that is out of range."""
+    rules = {
+        "epochs": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+        "batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+        "start_epoch": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+        "patience": ("None or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
+        "l2": ("a finite number >= 0", lambda v: _is_real(v) and v >= 0),
+        "learning_rate": ("a finite number > 0", lambda v: v is None or (_is_real(v) and v > 0)),
+        "weight_decay": ("a finite number >= 0", lambda v: v is None or (_is_real(v) and v >= 0)),
+    }
+    for name, value in values.items():
+        wanted, ok = rules[name]
+        if not ok(value):
+            raise ValueError(f"fit: {name} must be {wanted}, got {value!r}")
+
+
+def _is_int(value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_real(value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def fit(
     model: Model,
     train,
@@ -1076,6 +1115,11 @@ def fit(
     """
     from . import data as data_, io as io_
 
+    _check_fit_args(epochs=epochs, batch_size=batch_size, start_epoch=start_epoch, patience=patience, l2=l2,
+                    learning_rate=None if opt is not None else learning_rate,
+                    weight_decay=None if opt is not None else weight_decay)
+    if initial_state is not None:
+        models.check_params(model.config, initial_state.params, "fit: initial_state.params")
     full_train, requested_batch = train, batch_size
     carved = validation is not None and not hasattr(validation, "ratings")
     if carved:

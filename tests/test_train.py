@@ -432,6 +432,41 @@ def test_predict_on_original_ids_with_fallback(small_data):
     np.testing.assert_allclose(out[0], known[0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("argument, value", [
+    ("epochs", 0), ("epochs", -1), ("epochs", 2.5), ("batch_size", 0), ("learning_rate", float("nan")),
+    ("learning_rate", 0.0), ("l2", -0.1), ("l2", float("inf")), ("weight_decay", -1.0), ("patience", 0),
+    ("start_epoch", -1),
+])
+def test_fit_refuses_arguments_out_of_range(small_data, argument, value):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=4)
+    with pytest.raises(ValueError, match=rf"fit: {argument} must be .*, got {value!r}"):
+        train.fit(model, train_part, progress=False, **{argument: value})
+
+
+def test_params_of_another_model_are_refused(small_data):
+    ratings, train_part, test = small_data
+    model = models.build_model(train_part, "mf", dim=4, alpha=0.3, blocks=3)
+    params = models.init(jax.random.key(0), model.config)
+    fewer_users = ratings.subset(np.flatnonzero(ratings.users < 150))  # same structure, smaller tables
+    other = models.build_model(fewer_users, "mf", dim=4, alpha=0.3, blocks=3)
+    other_params = models.init(jax.random.key(0), other.config)
+    with pytest.raises(ValueError, match=r"evaluate: params\[.*\] has shape \(\d+(, \d+)?\), the model needs"):
+        train.evaluate(model, other_params, test)
+    with pytest.raises(ValueError, match=r"predict: params .*another model"):
+        train.predict(model, models.init(jax.random.key(0), models.build_model(train_part, "neumf", dim=4).config),
+                      ratings.user_ids[:2], ratings.item_ids[:2])
+    state = train.init_state(jax.random.key(0), other, train.optimizer("sgd", 0.1))
+    with pytest.raises(ValueError, match=r"fit: initial_state.params"):
+        train.fit(model, train_part, epochs=1, initial_state=state, progress=False)
+    # The model's own parameters pass, and so do tables padded with extra rows (row sharding).
+    assert np.isfinite(train.evaluate(model, params, test)["mse"])
+    padded = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.concatenate([x, jnp.zeros((3,) + x.shape[1:], x.dtype)])
+        if getattr(path[0], "key", None) == "tables" else x, params)
+    models.check_params(model.config, padded)
+
+
 def test_evaluate_against_numpy(small_data):
     ratings, train_part, test = small_data
     model = models.build_model(train_part, "mf", dim=4)
