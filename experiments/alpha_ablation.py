@@ -51,10 +51,14 @@ def main(argv=None) -> int:
     budget = args.budget
     if budget is None:
         budget = sweep.ablation_model_budget(ratings, args.model)
-    config = sweep.SweepConfig(
-        dataset=args.dataset, model=args.model, budgets=(budget,), alphas=tuple(args.alphas), blocks=args.blocks,
-        seeds=tuple(args.seeds), l2_grid=tuple(args.l2), epochs=args.epochs,
-    )
+    try:
+        config = sweep.SweepConfig(
+            dataset=args.dataset, model=args.model, budgets=(budget,), alphas=tuple(args.alphas), blocks=args.blocks,
+            seeds=tuple(args.seeds), l2_grid=tuple(args.l2), epochs=args.epochs,
+        )
+    except ValueError as err:  # an argument out of range: a usage error, not a traceback
+        print(f"alpha_ablation.py: error: {err}", file=sys.stderr)
+        return 2
     if fast:
         config = sweep.SweepConfig(dataset=args.dataset, model=args.model, budgets=(budget,), alphas=(0.0, 0.4),
                                    blocks=4, seeds=(0,), l2_grid=(0.1,), epochs=2, patience=1,

@@ -73,7 +73,11 @@ def config_from(args) -> sweep.SweepConfig:
 def main(argv=None) -> int:
     args = parse(argv)
     mesh = sweep.mesh_from_arguments(args)  # before anything else runs on a device
-    config = config_from(args)
+    try:
+        config = config_from(args)
+    except ValueError as err:  # an argument out of range: a usage error, not a traceback
+        print(f"budget_sweep.py: error: {err}", file=sys.stderr)
+        return 2
     fast = args.fast or sweep.fast_mode()
     name = f"{Path(config.dataset).stem}-{config.model}" + ("-fast" if fast else "")
     out = Path(args.out or Path("results") / "budget_sweep" / name)

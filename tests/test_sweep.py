@@ -142,6 +142,25 @@ def test_experiment_scripts_run_end_to_end_in_fast_mode(script, ml100k_dir, tmp_
             assert "test" in report.stdout and not table
 
 
+@pytest.mark.parametrize("field, value", [
+    ("model", "svd"), ("alphas", (-0.1,)), ("alphas", ()), ("dims", (0, 8)), ("budgets", (100, -5)),
+    ("blocks", 0), ("epochs", 0), ("patience", 0), ("batch_size", 2.5), ("l2_grid", (float("nan"),)),
+    ("learning_rates", (0.0,)), ("seeds", (-1,)), ("test_fraction", 1.0), ("val_fraction", 0),
+])
+def test_sweep_configs_out_of_range_are_refused_up_front(field, value):
+    with pytest.raises(ValueError, match=rf"SweepConfig: {field} must be"):
+        small_config(**{field: value})
+
+
+def test_experiment_scripts_turn_bad_arguments_into_usage_errors(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "budget_sweep.py"), "--epochs", "0",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    assert "budget_sweep.py: error: SweepConfig: epochs must be an integer >= 1, got 0" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
 def _cell(budget, alpha, seed, val, test):
     return {"dataset": "d", "model": "mf", "budget": budget, "params": budget, "alpha": alpha, "blocks": 8,
             "seed": seed, "val_mse": val, "test_mse": test, "status": "ok"}
