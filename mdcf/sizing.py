@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -124,9 +125,10 @@ def md_solver(
 ) -> np.ndarray:
     """facebookresearch/dlrm's ``md_solver``, reproduced exactly (REFERENCE section 2).
 
-    Tables are sorted ascending by ``n / k`` (the smallest table is the most
-    popular). With ``d0``: ``d = d0 * (v_0 / v) ** alpha`` and the first (sorted)
-    entry is forced to ``d0``; else with ``B``: ``d = B * v ** -alpha / sum(v ** (1 - alpha))``.
+    Tables are sorted ascending by ``n`` (the smallest table is taken as the most
+    popular) and valued ``v = n / k``. With ``d0``: ``d = d0 * (v_0 / v) ** alpha``
+    and the first (sorted) entry is forced to ``d0``, so, as in dlrm, a larger
+    table with a smaller ``v`` gets more than ``d0``; else with ``B``: ``d = B * v ** -alpha / sum(v ** (1 - alpha))``.
     Every other entry is clamped below at 1 and rounded half to even; with
     ``round_dim`` the result is then rounded to a power of two in the log domain
     (a double rounding: 5.6 -> 6 -> 8). Arithmetic is float32, as in dlrm. Unlike
@@ -152,7 +154,21 @@ def md_solver(
         raise ValueError(f"n must be positive table sizes, got {n}")
     order = np.argsort(n, kind="stable")
     n_sorted = n[order]
-    k_sorted = np.ones(len(n), dtype=np.float32) if k is None else np.asarray(k, dtype=np.float32)[order]
+    if k is None:
+        k_sorted = np.ones(len(n), dtype=np.float32)
+    else:
+        try:
+            k_values = np.asarray(k, dtype=np.float32)
+        except (TypeError, ValueError):
+            k_values = np.asarray(np.nan)
+        if k_values.shape != n.shape or not (np.isfinite(k_values) & (k_values > 0)).all():
+            raise ValueError(f"k must give a positive average number of lookups per example for each of the "
+                             f"{len(n)} tables, got {k!r}")
+        k_sorted = k_values[order]
+    for name, value in (("d0", d0), ("B", B)):
+        if value is not None and not (isinstance(value, (int, float, np.integer, np.floating))
+                                      and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
     v = n_sorted.astype(np.float32) / k_sorted
     a = np.float32(alpha)
     if d0 is not None:

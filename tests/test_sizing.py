@@ -39,6 +39,21 @@ def test_md_solver_rounding_and_order():
         sizing.md_solver([1, 2], 0.5)
 
 
+def test_md_solver_lookups_per_example_and_bad_arguments():
+    # v = n / k: 10, 50, 250 -> 16 * (10 / v) ** 0.3 = 16, 9.87, 6.09.
+    assert sizing.md_solver([10, 100, 1000], 0.3, d0=16, round_dim=False, k=[1, 2, 4]).tolist() == [16, 10, 6]
+    # As in dlrm, tables are ordered by n, not by n / k: the smaller table gets d0 even when the
+    # larger one has the smaller v (5 against 10), which then gets 16 * (10 / 5) ** 0.5 = 22.6.
+    assert sizing.md_solver([100, 10], 0.5, d0=16, round_dim=False, k=[20, 1]).tolist() == [23, 16]
+    for k in (2, [1, 2], [1, 0, 2], [1, float("nan"), 2]):
+        with pytest.raises(ValueError, match="k must give a positive average number of lookups .* 3 tables"):
+            sizing.md_solver([10, 100, 1000], 0.3, d0=16, k=k)
+    with pytest.raises(ValueError, match="d0 must be a positive number, got -3"):
+        sizing.md_solver([10, 100], 0.3, d0=-3)
+    with pytest.raises(ValueError, match="B must be a positive number, got 0"):
+        sizing.md_solver([10, 100], 0.3, B=0)
+
+
 def test_popularity_dims_basics():
     assert sizing.popularity_dims([0.04, 0.01, 0.0025], 0.5, base_dim=32) == (32, 16, 8)
     assert sizing.popularity_dims([0.04, 0.01, 0.0025], 0.0, base_dim=32) == (32, 32, 32)
