@@ -355,11 +355,18 @@ def build_model(
         elif side_budget is None:
             spec = MDSpec(blocking.sizes, sizing.popularity_dims(blocking.row_probs, alpha, base_dim=dim,
                                                                   round_pow2=round_pow2), dim)
-        elif alpha == 0:
-            spec = MDSpec.uniform(len(counts), sizing.uniform_dim_for_budget(side_budget, len(counts)))
         else:
-            spec = sizing.solve_budget(side_budget, blocking.sizes, blocking.row_probs, dim, alpha,
-                                       round_pow2=round_pow2)
+            try:
+                if alpha == 0:
+                    spec = MDSpec.uniform(len(counts), sizing.uniform_dim_for_budget(side_budget, len(counts)))
+                else:
+                    spec = sizing.solve_budget(side_budget, blocking.sizes, blocking.row_probs, dim, alpha,
+                                               round_pow2=round_pow2)
+            except ValueError as err:
+                given = (f"{side}_budget={side_budget:,}" if (user_budget if side == "user" else item_budget)
+                         is not None else f"its share of budget={int(budget):,} ({side_budget:,}: "
+                         f"{len(counts):,} of the {n_total:,} user and item rows)")
+                raise ValueError(f"build_model: the {side} table cannot be sized for {given}: {err}") from None
         specs[side] = spec.with_loads(tuple(blocking.probs)) if spec.n_blocks > 1 else spec
         rows[side] = blocking.position.astype(np.int32)
     config = ModelConfig(kind, specs["user"], specs["item"], biases, layers, negative_slope, init_stddev)

@@ -64,6 +64,17 @@ def test_config_validation_and_json():
         ModelConfig("mlp", MD_USER, MD_ITEM, layers=(0,))
 
 
+def test_budgets_that_cannot_be_met_name_the_table_and_its_share():
+    ratings, _ = data.synthetic(50, 30, 400, seed=0)
+    with pytest.raises(ValueError, match=r"the user table cannot be sized for its share of budget=4,000 "
+                                         r"\(2,500: 50 of the 80 user and item rows\): budget 2,500 exceeds"):
+        models.build_model(ratings, "mf", dim=8, budget=4000, alpha=0.3)
+    with pytest.raises(ValueError, match=r"the item table cannot be sized for item_budget=5: budget 5 is below"):
+        models.build_model(ratings, "mf", dim=8, user_budget=400, item_budget=5, alpha=0.3)
+    with pytest.raises(ValueError, match=r"the item table cannot be sized for item_budget=5: budget 5 is below one"):
+        models.build_model(ratings, "mf", dim=8, user_budget=400, item_budget=5)  # uniform at a budget
+
+
 def test_build_model_uniform_md_and_budget():
     ratings, _ = data.synthetic(300, 200, 6_000, seed=0)
     uniform = models.build_model(ratings, "mf", dim=16)
