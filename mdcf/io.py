@@ -8,16 +8,17 @@ file under the final name.
 
 :func:`write_arrays` / :func:`read_arrays` store a dict of numpy arrays plus a
 JSON-serialisable ``meta`` dict in one file. Each array carries a CRC-32, the
-file records its own total size, and :func:`read_arrays` raises
-:class:`CorruptFileError` for a truncated, padded or bit-flipped file instead
-of returning wrong numbers.
+header (names, shapes, ``meta``) carries one too, the file records its own
+total size, and :func:`read_arrays` raises :class:`CorruptFileError` for a
+truncated, padded or bit-flipped file instead of returning wrong numbers.
 
 Layout of an array file (all integers little-endian)::
 
-    b"MDCFARR1" | uint64 header length | header JSON (utf-8) | padding
-    | array 0 bytes | padding | array 1 bytes | ...
+    b"MDCFARR1" | uint64 header length | header JSON (utf-8) | uint32 CRC-32 of
+    the header JSON | padding | array 0 bytes | padding | array 1 bytes | ...
 
-Arrays start at 64-byte aligned offsets, recorded in the header.
+Arrays start at 64-byte aligned offsets, recorded in the header. Files of
+format version 1 (no header CRC) are still read.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ __all__ = [
 
 _MAGIC = b"MDCFARR1"
 _ALIGN = 64
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # 1: the header has no CRC-32 of its own
 
 
 class CorruptFileError(ValueError):
@@ -149,7 +151,7 @@ def write_arrays(
     # iterate until the length is stable (converges after at most a few rounds).
     header_len = 0
     while True:
-        offset = _aligned(len(_MAGIC) + 8 + header_len)
+        offset = _aligned(len(_MAGIC) + 8 + header_len + 4)
         for entry in entries:
             entry["offset"] = offset
             offset = _aligned(offset + entry["nbytes"])
@@ -162,6 +164,7 @@ def write_arrays(
         f.write(_MAGIC)
         f.write(len(blob).to_bytes(8, "little"))
         f.write(blob)
+        f.write(zlib.crc32(blob).to_bytes(4, "little"))
         for entry, array in zip(entries, prepared):
             f.write(b"\0" * (entry["offset"] - f.tell()))
             f.write(_byte_view(array))
@@ -191,16 +194,21 @@ def read_arrays(path: os.PathLike | str) -> tuple[dict[str, np.ndarray], dict[st
         header_len = int.from_bytes(raw_len, "little")
         if header_len > size:
             raise CorruptFileError(path, f"header length {header_len} exceeds file size {size}")
+        blob = f.read(header_len)
+        stored_crc = f.read(4)
         try:
-            header = json.loads(f.read(header_len).decode("utf-8"))
+            header = json.loads(blob.decode("utf-8"))
             entries = header["arrays"]
             total_size = int(header["total_size"])
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise CorruptFileError(path, f"unreadable header ({err})") from None
-        if header.get("format_version") != _FORMAT_VERSION:
+        version = header.get("format_version")
+        if version not in _READABLE_VERSIONS:
             raise CorruptFileError(
-                path, f"format version {header.get('format_version')!r}, expected {_FORMAT_VERSION}"
+                path, f"format version {version!r}, expected one of {_READABLE_VERSIONS}"
             )
+        if version >= 2 and int.from_bytes(stored_crc, "little") != zlib.crc32(blob):
+            raise CorruptFileError(path, "the header (array names, shapes, meta) fails its CRC-32 check")
         if size != total_size:
             raise CorruptFileError(
                 path, f"file is {size} bytes but its header says {total_size} (truncated or padded)"

@@ -1,4 +1,6 @@
+import json
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -75,6 +77,44 @@ def test_flipped_bit_is_detected(stored):
     stored.write_bytes(bytes(data))
     with pytest.raises(io.CorruptFileError, match="CRC-32"):
         io.read_arrays(stored)
+
+
+def test_every_flipped_bit_outside_the_padding_is_detected(tmp_path):
+    path = tmp_path / "a.mdcf"
+    io.write_arrays(path, {"x": np.arange(3, dtype=np.int64), "name": np.array(["ab"])}, {"epoch": 5})
+    data = path.read_bytes()
+    header_len = int.from_bytes(data[8:16], "little")
+    header = json.loads(data[16:16 + header_len])
+    spans = [(0, 16 + header_len + 4)] + [(e["offset"], e["offset"] + e["nbytes"]) for e in header["arrays"]]
+    for start, end in spans:
+        for position in range(start, end):
+            for bit in (0x01, 0x80):
+                flipped = bytearray(data)
+                flipped[position] ^= bit
+                path.write_bytes(bytes(flipped))
+                with pytest.raises(io.CorruptFileError):
+                    io.read_arrays(path)
+
+
+def test_files_of_format_version_1_are_still_read(tmp_path):
+    # Version 1: the same layout without the header's CRC-32, arrays from the next 64-byte boundary.
+    array = np.arange(5, dtype=np.float32)
+    entry = {"name": "w", "dtype": array.dtype.str, "shape": [5], "nbytes": array.nbytes,
+             "crc32": zlib.crc32(array.tobytes())}
+    for header_len in range(100, 400):  # the offsets depend on the header's own length
+        entry["offset"] = -(-(16 + header_len) // 64) * 64
+        header = {"format_version": 1, "meta": {"epoch": 3}, "arrays": [entry],
+                  "total_size": entry["offset"] + 64}
+        blob = json.dumps(header).encode()
+        if len(blob) == header_len:
+            break
+    content = b"MDCFARR1" + len(blob).to_bytes(8, "little") + blob
+    content += b"\0" * (entry["offset"] - len(content)) + array.tobytes()
+    path = tmp_path / "v1.mdcf"
+    path.write_bytes(content + b"\0" * (header["total_size"] - len(content)))
+    arrays, meta = io.read_arrays(path)
+    assert meta == {"epoch": 3} and list(arrays) == ["w"]
+    np.testing.assert_array_equal(arrays["w"], array)
 
 
 def test_other_file_is_rejected(tmp_path):
