@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     parser.add_argument("folders", nargs="+", help="sweep output folders (holding results.csv)")
     parser.add_argument("--markdown", action="store_true", help="markdown tables with mean ± std over seeds")
     args = parser.parse_args(argv)
+    missing = [folder for folder in args.folders if not (Path(folder) / "results.csv").is_file()]
+    if missing:
+        parser.error(f"no results.csv in {', '.join(missing)} (give the --out folder of a sweep)")
     for folder in args.folders:
         rows = sweep.read_results(Path(folder) / "results.csv")
         ok = [r for r in rows if r["status"] == "ok"]

@@ -64,10 +64,13 @@ def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
       devices: devices to use (default ``jax.devices()``).
     """
     devices = list(jax.devices() if devices is None else devices)
+    if model < 1 or (data is not None and data < 1):
+        raise ValueError(f"make_mesh needs at least one device on each axis, got data={data}, model={model}")
     if data is None:
         data = len(devices) // model
-    if data * model > len(devices) or data < 1 or model < 1:
-        raise ValueError(f"a {data} x {model} mesh needs {data * model} devices; {len(devices)} are available")
+    if data * model > len(devices) or data < 1:
+        raise ValueError(f"a {max(data, 1)} x {model} mesh needs {max(data, 1) * model} devices; "
+                         f"{len(devices)} are available")
     return Mesh(np.array(devices[: data * model]).reshape(data, model), ("data", "model"))
 
 

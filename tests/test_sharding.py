@@ -67,6 +67,11 @@ def test_pad_and_trim_round_trip():
 def test_mesh_errors():
     with pytest.raises(ValueError, match="needs 8 devices"):
         sharding.make_mesh(4, 2)
+    with pytest.raises(ValueError, match="a 1 x 2 mesh needs 2 devices"):  # data defaults to devices // model
+        sharding.make_mesh(model=2, devices=jax.devices()[:1])
+    for data_, model_ in ((0, 1), (None, 0), (1, -1)):
+        with pytest.raises(ValueError, match="at least one device on each axis"):
+            sharding.make_mesh(data_, model_)
     ratings, _ = data.synthetic(31, 17, 300, seed=0)
     model = models.build_model(ratings, "mf", dim=4)
     mesh = sharding.make_mesh(1, 1)

@@ -159,6 +159,9 @@ def test_experiment_scripts_turn_bad_arguments_into_usage_errors(tmp_path):
     assert done.returncode == 2
     assert "budget_sweep.py: error: SweepConfig: epochs must be an integer >= 1, got 0" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+    report = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path / "nothing")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert report.returncode == 2 and "no results.csv in" in report.stderr and not report.stdout
 
 
 def _cell(budget, alpha, seed, val, test):
