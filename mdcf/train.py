@@ -195,6 +195,11 @@ def optimizer(
         for ``"adam"``); with ``sparse=False`` it applies to the tables as well.
       b1, b2, eps: Adam's constants.
     """
+    if not callable(learning_rate) and not (_is_real(learning_rate) and learning_rate > 0):
+        raise ValueError(f"optimizer: learning_rate must be a finite number > 0 or an optax schedule, "
+                         f"got {learning_rate!r}")
+    if not (_is_real(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"optimizer: weight_decay must be a finite number >= 0, got {weight_decay!r}")
     if name == "sgd":
         dense, rows = optax.sgd(learning_rate), row_sgd(learning_rate)
     elif name == "adagrad":
@@ -1120,9 +1125,14 @@ def fit(
                     weight_decay=None if opt is not None else weight_decay)
     if initial_state is not None:
         models.check_params(model.config, initial_state.params, "fit: initial_state.params")
+    if sparse not in (True, False, "auto"):
+        raise ValueError(f"fit: sparse must be True, False or 'auto', got {sparse!r}")
     full_train, requested_batch = train, batch_size
     carved = validation is not None and not hasattr(validation, "ratings")
     if carved:
+        if not (_is_real(validation) and 0 < float(validation) < 1):
+            raise ValueError(f"fit: validation must be Ratings, None, or the fraction of train to validate on "
+                             f"(strictly between 0 and 1), got {validation!r}")
         fraction = float(validation)
         train, validation = data_.split(train, "random", test_fraction=fraction, seed=seed + 7919)
     config = model.config

@@ -435,13 +435,23 @@ def test_predict_on_original_ids_with_fallback(small_data):
 @pytest.mark.parametrize("argument, value", [
     ("epochs", 0), ("epochs", -1), ("epochs", 2.5), ("batch_size", 0), ("learning_rate", float("nan")),
     ("learning_rate", 0.0), ("l2", -0.1), ("l2", float("inf")), ("weight_decay", -1.0), ("patience", 0),
-    ("start_epoch", -1),
+    ("start_epoch", -1), ("validation", 1.5), ("validation", 0), ("sparse", "yes"),
 ])
 def test_fit_refuses_arguments_out_of_range(small_data, argument, value):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "mf", dim=4)
     with pytest.raises(ValueError, match=rf"fit: {argument} must be .*, got {value!r}"):
         train.fit(model, train_part, progress=False, **{argument: value})
+
+
+def test_optimizer_refuses_rates_out_of_range_and_takes_schedules():
+    for rate in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="learning_rate must be a finite number > 0 or an optax schedule"):
+            train.optimizer("adam", rate)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+        train.optimizer("adam", 1e-3, weight_decay=-0.1)
+    schedule = optax.linear_schedule(1e-2, 1e-3, 10)
+    assert train.optimizer("adam", schedule, sparse=False).rows is None
 
 
 def test_params_of_another_model_are_refused(small_data):
