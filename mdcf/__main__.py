@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,10 +19,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from mdcf import data
 
-    if args.dataset in data.MOVIELENS:
-        ratings = data.load_movielens(args.dataset, data_dir=args.data_dir)
-    else:
-        ratings = data.read_ratings(args.dataset)
+    try:
+        if args.dataset in data.MOVIELENS:
+            ratings = data.load_movielens(args.dataset, data_dir=args.data_dir)
+        else:
+            ratings = data.read_ratings(args.dataset)
+    except (OSError, ValueError, data.DatasetUnavailableError) as err:  # bad input: a message, not a traceback
+        hint = ""
+        if args.dataset not in data.MOVIELENS and not Path(args.dataset).exists():
+            hint = f" (MovieLens names: {', '.join(data.MOVIELENS)})"
+        print(f"mdcf: error: {err}{hint}", file=sys.stderr)
+        return 1
     print(ratings.summary())
     return 0
 

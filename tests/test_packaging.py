@@ -47,3 +47,18 @@ def test_readme_python_examples_run(ml100k_dir, monkeypatch, capsys):
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_command_line_summary_and_its_errors(tmp_path, capsys):
+    from mdcf.__main__ import main
+
+    path = tmp_path / "u.data"
+    path.write_text("1\t10\t4\t100\n2\t10\t5\t200\n")
+    assert main(["summary", str(path)]) == 0
+    assert "2 ratings, 2 users, 1 items" in capsys.readouterr().out
+    assert main(["summary", "ml-5m"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mdcf: error: no ratings file at ml-5m (MovieLens names: ml-100k") and "Traceback" not in err
+    path.write_text("1\t10\tfour\t100\n")
+    assert main(["summary", str(path)]) == 1
+    assert "line 1" in capsys.readouterr().err
