@@ -127,8 +127,9 @@ def md_solver(
 
     Tables are sorted ascending by ``n`` (the smallest table is taken as the most
     popular) and valued ``v = n / k``. With ``d0``: ``d = d0 * (v_0 / v) ** alpha``
-    and the first (sorted) entry is forced to ``d0``, so, as in dlrm, a larger
-    table with a smaller ``v`` gets more than ``d0``; else with ``B``: ``d = B * v ** -alpha / sum(v ** (1 - alpha))``.
+    and the first (sorted) entry is forced to ``d0`` (so, as in dlrm, a larger
+    table with a smaller ``v`` gets more than ``d0``); else with ``B``:
+    ``d = B * v ** -alpha / sum(v ** (1 - alpha))``.
     Every other entry is clamped below at 1 and rounded half to even; with
     ``round_dim`` the result is then rounded to a power of two in the log domain
     (a double rounding: 5.6 -> 6 -> 8). Arithmetic is float32, as in dlrm. Unlike
