@@ -213,8 +213,11 @@ def init(key: jax.Array, spec: MDSpec, stddev: float = 0.1, dtype=jnp.float32) -
 
 
 def check_ids(spec: MDSpec, ids) -> None:
-    """Raise ``IndexError`` if concrete ``ids`` fall outside ``[0, n_rows)``; no-op on tracers."""
+    """Raise ``IndexError`` if concrete ``ids`` fall outside ``[0, n_rows)``, and ``TypeError``
+    if ``ids`` (concrete or traced) are not integers."""
     if isinstance(ids, jax.core.Tracer):
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
         return
     values = np.asarray(ids)
     if not np.issubdtype(values.dtype, np.integer):

@@ -79,6 +79,8 @@ def atomic_write(path: os.PathLike | str, mode: str = "wb") -> Iterator[Any]:
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
+    if path.is_dir():  # checked first: the rename would fail only after the whole write
+        raise IsADirectoryError(f"atomic_write: {path} is a folder; give the path of a file in it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
@@ -310,16 +312,20 @@ def save(path: os.PathLike | str, model, state_or_params, *, best_params=None, m
       best_params: optional second parameter set (``fit`` keeps its best epoch here).
       meta: JSON-serialisable extras.
     """
+    from .models import check_params
     from .train import TrainState
 
+    has_state = isinstance(state_or_params, TrainState)
+    params = state_or_params.params if has_state else state_or_params
+    check_params(model.config, params, f"save {path}: params")  # never a checkpoint that cannot be used
+    if best_params is not None:
+        check_params(model.config, best_params, f"save {path}: best_params")
     arrays: dict[str, np.ndarray] = {
         "model/user_ids": _ids_array(model.user_ids),
         "model/item_ids": _ids_array(model.item_ids),
         "model/user_rows": np.asarray(model.user_rows),
         "model/item_rows": np.asarray(model.item_rows),
     }
-    has_state = isinstance(state_or_params, TrainState)
-    params = state_or_params.params if has_state else state_or_params
     _flatten("params", params, arrays)
     if has_state:
         _flatten("dense_state", state_or_params.dense_state, arrays)

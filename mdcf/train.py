@@ -318,11 +318,23 @@ def _bad_ids(config: ModelConfig, users, items, weights):
 
 
 def _batch_parts(batch):
-    users = jnp.asarray(batch["users"]).astype(jnp.int32)
-    items = jnp.asarray(batch["items"]).astype(jnp.int32)
-    ratings = jnp.asarray(batch["ratings"]).astype(jnp.float32)
-    weights = batch.get("weights")
-    weights = jnp.ones_like(ratings) if weights is None else jnp.asarray(weights).astype(jnp.float32)
+    """``(users, items, ratings, weights)`` of a batch dict, checked. Keys, dtypes and
+    shapes are static under ``jit``, so a malformed batch raises when the step is traced."""
+    missing = [key for key in ("users", "items", "ratings") if key not in batch]
+    if missing:
+        raise KeyError(f"train step: the batch has no {missing}; it needs 'users', 'items', 'ratings' "
+                       f"and optionally 'weights', got keys {sorted(batch)}")
+    parts = {key: jnp.asarray(batch[key]) for key in ("users", "items", "ratings", "weights") if key in batch}
+    for key in ("users", "items"):
+        if not jnp.issubdtype(parts[key].dtype, jnp.integer):
+            raise TypeError(f"train step: batch[{key!r}] must hold integer rows, got dtype {parts[key].dtype}")
+    shapes = {key: value.shape for key, value in parts.items()}
+    if len(set(shapes.values())) != 1 or len(shapes["users"]) != 1:
+        raise ValueError(f"train step: the batch's arrays must be 1-D and of one length, got shapes {shapes}")
+    users = parts["users"].astype(jnp.int32)
+    items = parts["items"].astype(jnp.int32)
+    ratings = parts["ratings"].astype(jnp.float32)
+    weights = jnp.ones_like(ratings) if "weights" not in parts else parts["weights"].astype(jnp.float32)
     return users, items, ratings, weights
 
 
@@ -722,6 +734,18 @@ def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "au
 def _unsharded_step(config: ModelConfig, opt: Optimizer, l2: float, capacities) -> Callable:
     if opt.rows is None:
         return _dense_step(config, opt, l2)
+    if capacities != "auto":
+        specs = {"user": config.user, "item": config.item}
+        try:
+            ok = set(capacities) == set(specs) and all(
+                len(capacities[side]) == spec.n_blocks and all(_is_int(c) and c >= 1 for c in capacities[side])
+                for side, spec in specs.items())
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"capacities must be 'auto' or {{'user': ..., 'item': ...}} with one positive slot count per "
+                f"block ({config.user.n_blocks} user and {config.item.n_blocks} item blocks), got {capacities!r}")
 
     def capacity_for(batch: int) -> dict:
         if capacities == "auto":

@@ -241,6 +241,8 @@ def test_out_of_range_ids(spec):
         lookup(params, spec, np.array([0, 10, -1]))
     with pytest.raises(TypeError, match="ids must be integers"):
         lookup(params, spec, np.array([0.5]))
+    with pytest.raises(TypeError, match="ids must be integers, got dtype float32"):  # dtypes are static under jit
+        jax.jit(lambda p, i: lookup(p, spec, i))(params, np.array([0.5], np.float32))
     for capacity in CAPACITIES:
         f = jax.jit(lambda p, i: lookup(p, spec, i, capacity=capacity))
         out = f(params, np.array([1, 10, -1, 7]))

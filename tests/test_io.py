@@ -25,6 +25,13 @@ def test_atomic_write_replaces_only_on_success(tmp_path):
     assert target.read_text() == "new"
 
 
+def test_atomic_write_refuses_a_folder_before_writing(tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a folder"):
+        with io.atomic_write(tmp_path) as f:
+            f.write(b"never")
+    assert list(tmp_path.iterdir()) == [] and list(tmp_path.parent.glob(f".{tmp_path.name}.*")) == []
+
+
 def test_atomic_write_uses_normal_permissions(tmp_path):
     with io.atomic_write(tmp_path / "f.bin") as f:
         f.write(b"x")

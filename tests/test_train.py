@@ -179,6 +179,27 @@ def test_out_of_range_ids_are_skipped_and_flagged_with_nan(opt_name, sparse, spe
             np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_train_steps_refuse_malformed_batches_when_traced(sparse):
+    config = ModelConfig("mf", USER, ITEM)
+    opt = train.optimizer("sgd", 0.1, sparse=sparse)
+    state = train.init_state(jax.random.key(0), config, opt)
+    step = jax.jit(train.make_train_step(config, opt))
+    batch = batch_of(0)
+    with pytest.raises(KeyError, match=r"the batch has no \['ratings'\]"):
+        step(state, {k: v for k, v in batch.items() if k != "ratings"})
+    with pytest.raises(TypeError, match=r"batch\['items'\] must hold integer rows, got dtype float32"):
+        step(state, {**batch, "items": batch["items"].astype(np.float32)})
+    with pytest.raises(ValueError, match="1-D and of one length"):
+        step(state, {**batch, "ratings": batch["ratings"][:10]})
+    if sparse:
+        for capacities in ("huge", {"user": (8, 8, 8)}, {"user": (8, 8), "item": (8, 8)},
+                           {"user": (8, 0, 8), "item": (8, 8)}):
+            with pytest.raises(ValueError, match="capacities must be 'auto' or"):
+                train.make_train_step(config, opt, capacities=capacities)
+    assert np.isfinite(step(state, batch)[1]["loss"])  # the well-formed batch still steps
+
+
 @pytest.mark.parametrize("name", ["sgd", "adagrad", "rowwise_adagrad", "adam"])
 def test_whole_block_update_matches_row_updates(name):
     """A block updated whole (gradients summed per row, touched rows marked) equals the
@@ -521,6 +542,11 @@ def test_checkpoint_round_trip_and_errors(small_data, tmp_path):
     io.write_arrays(other, {"x": np.zeros(2)})
     with pytest.raises(io.CorruptFileError, match="not an mdcf checkpoint"):
         io.load(other)
+    wrong = models.init(jax.random.key(0), models.build_model(train_part, "neumf", dim=8).config)
+    for kwargs in ({"state_or_params": wrong}, {"state_or_params": state.params, "best_params": wrong}):
+        with pytest.raises(ValueError, match=r"save .*wrong\.mdcf: (best_)?params do not match the mf model"):
+            io.save(tmp_path / "wrong.mdcf", model, **kwargs)
+    assert not (tmp_path / "wrong.mdcf").exists()
 
 
 def test_ml100k_accuracy_with_defaults(ml100k_dir):
