@@ -206,8 +206,8 @@ def test_duplicate_policies(tmp_path, policy, value):
 def test_duplicate_policies_keep_and_error(tmp_path):
     path = write(tmp_path / "u.data", DUP_ROWS)
     assert len(read_ratings(path, duplicates="keep")) == 4
-    with pytest.raises(ValueError, match="2 duplicate"):
-        read_ratings(path, duplicates="error")
+    with pytest.raises(ValueError, match=r"2 duplicate \(user, item\) pairs, e.g. user 1 item 10 at row"):
+        read_ratings(path, duplicates="error")  # original ids, not codes
     with pytest.raises(ValueError, match="duplicates must be one of"):
         read_ratings(path, duplicates="drop")
 

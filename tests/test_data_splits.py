@@ -84,8 +84,9 @@ def test_split_errors():
     ratings = random_ratings(0)
     with pytest.raises(ValueError, match="method must be one of"):
         data.split(ratings, "leave_one_out")
-    with pytest.raises(ValueError, match="test_fraction must lie strictly between 0 and 1"):
-        data.split(ratings, test_fraction=1.0)
+    for fraction in (1.0, 0, "0.5", None, True):
+        with pytest.raises(ValueError, match=f"test_fraction must be a number strictly between 0 and 1, got {fraction!r}"):
+            data.split(ratings, test_fraction=fraction)
     with pytest.raises(ValueError, match="needs timestamps"):
         data.split(random_ratings(0, timestamps=False), "temporal")
     with pytest.raises(ValueError, match="at least 2 ratings"):

@@ -238,6 +238,8 @@ def resolve_duplicates(
     n_items: int,
     policy: str,
     where: str,
+    user_ids: np.ndarray | None = None,
+    item_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
     """Find repeated (user, item) pairs and resolve them by ``policy``.
 
@@ -280,10 +282,15 @@ def resolve_duplicates(
     n_dropped = len(order) - n_groups
     if policy == "error":
         first_dup = order[np.flatnonzero(~new_group)[0]]
+        if user_ids is not None and item_ids is not None:
+            user, item = (np.asarray(ids)[code].item() for ids, code in
+                          ((user_ids, users[first_dup]), (item_ids, items[first_dup])))
+            pair = f"user {user!r} item {item!r}"
+        else:
+            pair = f"user {users[first_dup]} item {items[first_dup]} (codes)"
         raise ValueError(
-            f"{where}: {n_dropped} duplicate (user, item) pairs, e.g. user {users[first_dup]} "
-            f"item {items[first_dup]} (codes) at row {first_dup}; pass duplicates='last', "
-            "'first' or 'mean' to resolve them"
+            f"{where}: {n_dropped} duplicate (user, item) pairs, e.g. {pair} at row {first_dup}; "
+            "pass duplicates='last', 'first' or 'mean' to resolve them"
         )
     last_of_group = np.empty(len(order), dtype=bool)
     last_of_group[-1] = True
@@ -332,7 +339,7 @@ def from_arrays(
     values = np.asarray(ratings, dtype=np.float32)
     times = None if timestamps is None else np.asarray(timestamps, dtype=np.int64)
     keep, new_values, dropped = resolve_duplicates(
-        user_codes, item_codes, values, times, len(item_ids), duplicates, name
+        user_codes, item_codes, values, times, len(item_ids), duplicates, name, user_ids, item_ids
     )
     if keep is not None:
         user_codes, item_codes = user_codes[keep], item_codes[keep]

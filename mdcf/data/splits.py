@@ -65,8 +65,9 @@ def _make_split(ratings: Ratings, test_mask: np.ndarray, method: str) -> Split:
 
 
 def _check_fraction(test_fraction: float, n: int) -> int:
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    if isinstance(test_fraction, (bool, np.bool_)) or not isinstance(test_fraction, (int, float, np.integer, np.floating)) \
+            or not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
     if n < 2:
         raise ValueError(f"a split needs at least 2 ratings, got {n}")
     return int(min(max(round(test_fraction * n), 1), n - 1))
