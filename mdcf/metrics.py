@@ -39,8 +39,18 @@ def popularity_thirds(item_rows, n_items: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rating_metrics(pred, target, item_rows, n_items: int) -> dict[str, float]:
-    """``mse``, ``rmse``, ``mae``, ``mse_popular``, ``mse_rare`` and counts."""
-    pred, target = np.asarray(pred), np.asarray(target)
+    """``mse``, ``rmse``, ``mae``, ``mse_popular``, ``mse_rare`` and counts.
+
+    ``pred``, ``target`` and ``item_rows`` are 1-D and of one length; ``item_rows``
+    lie in ``[0, n_items)`` (``ValueError`` otherwise).
+    """
+    pred, target, item_rows = np.asarray(pred), np.asarray(target), np.asarray(item_rows)
+    if pred.ndim != 1 or pred.shape != target.shape or pred.shape != item_rows.shape:
+        raise ValueError(f"rating_metrics: pred, target and item_rows must be 1-D of one length, got shapes "
+                         f"{pred.shape}, {target.shape} and {item_rows.shape}")
+    if item_rows.size and (item_rows.min() < 0 or item_rows.max() >= n_items):
+        raise ValueError(f"rating_metrics: item_rows must lie in [0, {n_items}), got values from "
+                         f"{item_rows.min()} to {item_rows.max()}")
     popular, rare = popularity_thirds(item_rows, n_items)
     return {
         "mse": mse(pred, target),
