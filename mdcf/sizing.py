@@ -15,11 +15,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 
+from ._checks import is_real
 from .embedding import MDSpec, num_params
 
 __all__ = ["popularity_dims", "md_solver", "solve_budget", "uniform_dim_for_budget", "num_params"]
@@ -167,8 +167,7 @@ def md_solver(
                              f"{len(n)} tables, got {k!r}")
         k_sorted = k_values[order]
     for name, value in (("d0", d0), ("B", B)):
-        if value is not None and not (isinstance(value, (int, float, np.integer, np.floating))
-                                      and math.isfinite(value) and value > 0):
+        if value is not None and not (is_real(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     v = n_sorted.astype(np.float32) / k_sorted
     a = np.float32(alpha)

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from . import data, embedding, io, models, train
+from ._checks import is_int, is_real
 
 __all__ = [
     "COLUMNS",
@@ -135,39 +136,31 @@ class SweepConfig:
         def fail(name, wanted):
             raise ValueError(f"SweepConfig: {name} must be {wanted}, got {getattr(self, name)!r}")
 
-        def integers(value, low, allow_empty=False):
+        def sequence(value, ok, allow_empty=False):
             try:
                 values = tuple(value)
             except TypeError:
                 return False
-            return (allow_empty or bool(values)) and all(
-                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low for v in values)
-
-        def numbers(value, positive):
-            try:
-                values = tuple(float(v) for v in value)
-            except (TypeError, ValueError):
-                return False
-            return bool(values) and all(math.isfinite(v) and (v > 0 if positive else v >= 0) for v in values)
+            return (allow_empty or bool(values)) and all(ok(v) for v in values)
 
         if self.model not in models.KINDS:
             fail("model", f"one of {models.KINDS}")
         for name, low, allow_empty in (("budgets", 1, True), ("dims", 1, False), ("base_dims", 1, False),
                                        ("seeds", 0, False)):
-            if not integers(getattr(self, name), low, allow_empty):
+            if not sequence(getattr(self, name), lambda v: is_int(v) and v >= low, allow_empty):
                 fail(name, f"{'a' if allow_empty else 'a non-empty'} sequence of integers >= {low}")
         if not self.budgets and not self.dims:
             fail("dims", "non-empty when no budgets are given")
         for name, positive in (("alphas", False), ("l2_grid", False), ("learning_rates", True)):
-            if not numbers(getattr(self, name), positive):
+            if not sequence(getattr(self, name), lambda v: is_real(v) and (v > 0 if positive else v >= 0)):
                 fail(name, f"a non-empty sequence of finite numbers {'> 0' if positive else '>= 0'}")
         for name in ("blocks", "epochs", "patience", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            if not (is_int(value) and value >= 1):
                 fail(name, "an integer >= 1")
         for name in ("test_fraction", "val_fraction"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float, np.floating)) or not 0 < value < 1:
+            if not (is_real(value) and 0 < value < 1):
                 fail(name, "a fraction strictly between 0 and 1")
 
     def to_json(self) -> str:

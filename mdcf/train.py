@@ -38,7 +38,6 @@ classic MF SGD does; it touches only the rows of the batch. ``weight_decay``
 from __future__ import annotations
 
 import math
-import operator
 import os
 import time
 import warnings
@@ -52,6 +51,7 @@ import numpy as np
 import optax
 
 from . import embedding, metrics, models
+from ._checks import is_int, is_real
 from .embedding import MDSpec
 from .models import Model, ModelConfig
 
@@ -195,10 +195,10 @@ def optimizer(
         for ``"adam"``); with ``sparse=False`` it applies to the tables as well.
       b1, b2, eps: Adam's constants.
     """
-    if not callable(learning_rate) and not (_is_real(learning_rate) and learning_rate > 0):
+    if not callable(learning_rate) and not (is_real(learning_rate) and learning_rate > 0):
         raise ValueError(f"optimizer: learning_rate must be a finite number > 0 or an optax schedule, "
                          f"got {learning_rate!r}")
-    if not (_is_real(weight_decay) and weight_decay >= 0):
+    if not (is_real(weight_decay) and weight_decay >= 0):
         raise ValueError(f"optimizer: weight_decay must be a finite number >= 0, got {weight_decay!r}")
     if name == "sgd":
         dense, rows = optax.sgd(learning_rate), row_sgd(learning_rate)
@@ -738,7 +738,7 @@ def _unsharded_step(config: ModelConfig, opt: Optimizer, l2: float, capacities) 
         specs = {"user": config.user, "item": config.item}
         try:
             ok = set(capacities) == set(specs) and all(
-                len(capacities[side]) == spec.n_blocks and all(_is_int(c) and c >= 1 for c in capacities[side])
+                len(capacities[side]) == spec.n_blocks and all(is_int(c) and c >= 1 for c in capacities[side])
                 for side, spec in specs.items())
         except TypeError:
             ok = False
@@ -1030,37 +1030,18 @@ def auto_sparse(model, batch_size: int) -> bool:
 def _check_fit_args(**values) -> None:
     """``ValueError`` naming the first of :func:`fit`'s numeric arguments that is out of range."""
     rules = {
-        "epochs": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-        "batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-        "start_epoch": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
-        "patience": ("None or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
-        "l2": ("a finite number >= 0", lambda v: _is_real(v) and v >= 0),
-        "learning_rate": ("a finite number > 0", lambda v: v is None or (_is_real(v) and v > 0)),
-        "weight_decay": ("a finite number >= 0", lambda v: v is None or (_is_real(v) and v >= 0)),
+        "epochs": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
+        "batch_size": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
+        "start_epoch": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
+        "patience": ("None or an integer >= 1", lambda v: v is None or (is_int(v) and v >= 1)),
+        "l2": ("a finite number >= 0", lambda v: is_real(v) and v >= 0),
+        "learning_rate": ("a finite number > 0", lambda v: v is None or (is_real(v) and v > 0)),
+        "weight_decay": ("a finite number >= 0", lambda v: v is None or (is_real(v) and v >= 0)),
     }
     for name, value in values.items():
         wanted, ok = rules[name]
         if not ok(value):
             raise ValueError(f"fit: {name} must be {wanted}, got {value!r}")
-
-
-def _is_int(value) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _is_real(value) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def fit(
@@ -1154,7 +1135,7 @@ def fit(
     full_train, requested_batch = train, batch_size
     carved = validation is not None and not hasattr(validation, "ratings")
     if carved:
-        if not (_is_real(validation) and 0 < float(validation) < 1):
+        if not (is_real(validation) and 0 < float(validation) < 1):
             raise ValueError(f"fit: validation must be Ratings, None, or the fraction of train to validate on "
                              f"(strictly between 0 and 1), got {validation!r}")
         fraction = float(validation)

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .._checks import is_real
 from .ratings import Ratings
 from .readers import read_ratings
 
@@ -65,8 +66,7 @@ def _make_split(ratings: Ratings, test_mask: np.ndarray, method: str) -> Split:
 
 
 def _check_fraction(test_fraction: float, n: int) -> int:
-    if isinstance(test_fraction, (bool, np.bool_)) or not isinstance(test_fraction, (int, float, np.integer, np.floating)) \
-            or not 0.0 < test_fraction < 1.0:
+    if not (is_real(test_fraction) and 0.0 < test_fraction < 1.0):
         raise ValueError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
     if n < 2:
         raise ValueError(f"a split needs at least 2 ratings, got {n}")
