@@ -486,7 +486,7 @@ def _lookup_routed(params: MDParams, spec: MDSpec, routing: Routing, capacities:
 # A block joins the head when it has at most this many rows per slot: projecting its
 # whole table then costs about as much as projecting its slots, and its ids need no
 # routing, gather and scatter of their own (see head_blocks).
-HEAD_ROWS_PER_SLOT = 2
+HEAD_ROWS_PER_SLOT = 1.75
 
 
 def head_blocks(spec: MDSpec, capacities: tuple[int, ...]) -> int:
@@ -503,6 +503,15 @@ def head_blocks(spec: MDSpec, capacities: tuple[int, ...]) -> int:
     backward, projections changing every step, MD time / uniform time): at 100k
     rows and batch 65,536, 1.45x (k=8) and 1.24x (k=16) with every block routed,
     1.20x and 0.66x with the head; at batch 16,384 and k=8, 1.01x and 0.79x.
+
+    The limit is below two rows per slot: each head row costs several passes over
+    a ``d0``-wide row (its projection, the stacking, its gradient's share of the
+    head's gradient table and two gradient products), which outweighs routing its
+    ids once the block nears two rows per slot. At 100k rows, batch 65,536, k=8,
+    the seventh block (17,195 rows, 1.97 rows per slot) in the head gave 1.08x
+    (MD) and 1.17x (MD with 8x fewer parameters), routed 0.71x and 0.93x; blocks
+    of 1.59 and 1.64 rows per slot (100k rows, batch 4,096 and k=16; batch 16,384
+    and k=8) were faster in the head.
     """
     head = 0
     while head < spec.n_blocks and spec.sizes[head] <= HEAD_ROWS_PER_SLOT * capacities[head]:
@@ -666,7 +675,7 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
         (default) picks the cheapest exact strategy: when the layer has at most
         as many rows as the batch, every block is projected once and the
         ids gathered from the result. Otherwise the head (the leading, popular
-        blocks with at most two rows per slot, :func:`head_blocks`) is projected
+        blocks with at most 1.75 rows per slot, :func:`head_blocks`) is projected
         whole and its ids gathered from it at once, and the other ids are
         grouped by block: block ``i`` gathers and projects only
         ``block_capacities(spec, batch)[i]`` slots. A batch that
