@@ -489,10 +489,11 @@ def _lookup_routed(params: MDParams, spec: MDSpec, routing: Routing, capacities:
 HEAD_ROWS_PER_SLOT = 1.75
 
 
-def head_blocks(spec: MDSpec, capacities: tuple[int, ...]) -> int:
+def head_blocks(spec: MDSpec, capacities: tuple[int, ...], rows_per_slot: float | None = None) -> int:
     """How many leading (most popular) blocks :func:`lookup` serves from one stacked,
     pre-projected table: the longest prefix of blocks with at most
-    ``HEAD_ROWS_PER_SLOT`` rows per slot.
+    ``rows_per_slot`` rows per slot (default ``HEAD_ROWS_PER_SLOT``; the
+    row-sparse train step, whose routed rows cost more, passes its own limit).
 
     Popular blocks are small: a block of ``n_i`` rows gets a ``1 / k`` share of a
     batch's ids, so once ``n_i`` is about its slots' count, projecting the whole
@@ -513,8 +514,9 @@ def head_blocks(spec: MDSpec, capacities: tuple[int, ...]) -> int:
     of 1.59 and 1.64 rows per slot (100k rows, batch 4,096 and k=16; batch 16,384
     and k=8) were faster in the head.
     """
+    limit = HEAD_ROWS_PER_SLOT if rows_per_slot is None else rows_per_slot
     head = 0
-    while head < spec.n_blocks and spec.sizes[head] <= HEAD_ROWS_PER_SLOT * capacities[head]:
+    while head < spec.n_blocks and spec.sizes[head] <= limit * capacities[head]:
         head += 1
     return head
 

@@ -453,12 +453,24 @@ def _update_whole_block(table, state, rows, grads, row_opt: RowOptimizer, step):
     return where(new_rows, table), tuple(where(n, o) for n, o in zip(new_state, state))
 
 
+# The row-sparse step's head takes blocks up to this many rows per slot, more than
+# lookup's (embedding.HEAD_ROWS_PER_SLOT): a routed block's rows cost more here (their
+# optimiser update is gathered and scattered row by row), while a head block is updated
+# whole. MD MF, 1M ratings on MovieLens-20M-shaped synthetic data, batch 4,096, a user
+# block of 1.87 rows per slot (2-core CPU, 9 alternating rounds of
+# bench_train.epoch_throughput): row-sparse SGD at a limit of 1.75 (the block routed)
+# ran at a median 0.79x (0.56-1.30x) the throughput of a limit of 2 (the block in the
+# head), lazy Adam at 0.96x (0.66-1.39x).
+TRAIN_HEAD_ROWS_PER_SLOT = 2.0
+
+
 def _heads(config: ModelConfig, capacities: dict) -> dict[str, int]:
     """Per side, how many leading blocks of an MD table form its head
-    (:func:`mdcf.embedding.head_blocks`: projected whole, and their ids served by
-    one gather from the stacked result); 0 for a one-block table. A static choice,
-    made from the step's regular capacities."""
-    return {side: 0 if spec.n_blocks == 1 else embedding.head_blocks(spec, capacities[side])
+    (:func:`mdcf.embedding.head_blocks` with ``TRAIN_HEAD_ROWS_PER_SLOT``: projected
+    whole, and their ids served by one gather from the stacked result); 0 for a
+    one-block table. A static choice, made from the step's regular capacities."""
+    return {side: 0 if spec.n_blocks == 1 else
+            embedding.head_blocks(spec, capacities[side], TRAIN_HEAD_ROWS_PER_SLOT)
             for side, spec in (("user", config.user), ("item", config.item))}
 
 

@@ -112,13 +112,15 @@ def test_grouped_path_with_realistic_loads_and_overflow():
 
 
 @settings(max_examples=40, deadline=None)
-@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=6), capacity=st.integers(1, 30))
-def test_head_is_the_prefix_of_blocks_within_the_rows_per_slot_limit(sizes, capacity):
+@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=6), capacity=st.integers(1, 30),
+       limit=st.sampled_from([None, 0.5, 1.0, 2.0, 3.0]))
+def test_head_is_the_prefix_of_blocks_within_the_rows_per_slot_limit(sizes, capacity, limit):
     spec = MDSpec(tuple(sizes), (1,) * len(sizes), 1)
     capacities = tuple(capacity + i for i in range(len(sizes)))
-    head = embedding.head_blocks(spec, capacities)
-    assert all(sizes[i] <= embedding.HEAD_ROWS_PER_SLOT * capacities[i] for i in range(head))
-    assert head == len(sizes) or sizes[head] > embedding.HEAD_ROWS_PER_SLOT * capacities[head]
+    head = embedding.head_blocks(spec, capacities, limit)
+    per_slot = embedding.HEAD_ROWS_PER_SLOT if limit is None else limit
+    assert all(sizes[i] <= per_slot * capacities[i] for i in range(head))
+    assert head == len(sizes) or sizes[head] > per_slot * capacities[head]
 
 
 @pytest.mark.parametrize("head", [0, 1, 2, 3])
