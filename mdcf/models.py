@@ -346,8 +346,11 @@ def build_model(
     sides = (("user", train.user_counts(), user_budget), ("item", train.item_counts(), item_budget))
     n_total = train.n_users + train.n_items
     for side, counts, side_budget in sides:
+        share = None  # how the side's budget came from `budget`, for errors
         if side_budget is None and budget is not None:
             side_budget = int(budget) * len(counts) // n_total
+            share = (f"its share of budget={int(budget):,} ({side_budget:,}: {len(counts):,} of the "
+                     f"{n_total:,} user and item rows)")
         uniform = alpha == 0 and side_budget is None
         blocking = blocking_.equipartition(counts, 1 if uniform else blocks)
         if uniform:
@@ -363,9 +366,7 @@ def build_model(
                     spec = sizing.solve_budget(side_budget, blocking.sizes, blocking.row_probs, dim, alpha,
                                                round_pow2=round_pow2)
             except ValueError as err:
-                given = (f"{side}_budget={side_budget:,}" if (user_budget if side == "user" else item_budget)
-                         is not None else f"its share of budget={int(budget):,} ({side_budget:,}: "
-                         f"{len(counts):,} of the {n_total:,} user and item rows)")
+                given = share or f"{side}_budget={side_budget:,}"
                 raise ValueError(f"build_model: the {side} table cannot be sized for {given}: {err}") from None
         specs[side] = spec.with_loads(tuple(blocking.probs)) if spec.n_blocks > 1 else spec
         rows[side] = blocking.position.astype(np.int32)
