@@ -99,7 +99,9 @@ def equipartition(counts: Sequence[float] | np.ndarray, k: int) -> Blocking:
 
     Edge cases:
 
-    * Rows never seen (count 0) sort last, into the rarest block.
+    * Rows never seen (count 0) sort last, into the rarest block. With fewer
+      than ``k - 1`` rows seen, some blocks before the last hold unseen rows
+      only, since no block is left empty.
     * ``k`` larger than the number of rows: ``n`` blocks of one row (with a warning).
     * Blocks are never empty: when one row holds most of the mass, boundaries are
       pushed apart so that every block keeps at least one row.

@@ -41,6 +41,11 @@ def test_equipartition_invariants(counts, k):
     total = weights.sum()
     if weights.max() <= total / b.n_blocks:
         assert np.all(np.abs(np.array(b.mass) - total / b.n_blocks) <= weights.max())
+    # Never-seen rows all sit in the rarest block whenever the seen rows can fill the
+    # others (at least one seen row for each block but the last).
+    unseen = np.flatnonzero(counts == 0)
+    if counts.sum() > 0 and np.count_nonzero(counts) >= b.n_blocks - 1 and unseen.size:
+        assert (b.block_of(unseen) == b.n_blocks - 1).all()
     # block_of agrees with the positions.
     rows = np.arange(n)
     np.testing.assert_array_equal(b.block_of(rows), np.searchsorted(bounds[1:], b.position, side="right"))
@@ -51,6 +56,9 @@ def test_example_and_unseen_rows_go_last():
     assert list(b.order) == [1, 4, 5, 2, 0, 3]
     assert b.sizes == (1, 5) and b.mass == (5.0, 5.0)
     assert set(b.order[-2:]) == {0, 3}  # never-seen rows sit in the rarest block
+    # One seen row and three blocks: the middle block can only get a never-seen row.
+    b = blocking.equipartition([0, 100, 0, 0], k=3)
+    assert b.sizes == (1, 1, 2) and list(b.order) == [1, 0, 2, 3] and b.mass == (100.0, 0.0, 0.0)
 
 
 def test_k_larger_than_rows_warns_and_uses_single_rows():
