@@ -400,14 +400,21 @@ def solve_budget(
         else:
             dims, total = _improve(dims, sizes_array, popular_first, base_dim, min_dim, budget, round_pow2)
     if total < floor_total:
-        steps = ", ".join(
-            f"{int(sizes_array[b]) + (base_dim if dims[b] + 1 < base_dim else 0):,}" for b in popular_first
-        )
+        costs = []
+        for b in popular_first:  # the exact change in the total when block b grows to its next level
+            grown = levels[levels > dims[b]]
+            if not len(grown):
+                costs.append("-")
+                continue
+            trial = dims.copy()
+            trial[b] = grown[0]
+            costs.append(f"{int(_total(sizes_array, trial, base_dim)) - total:+,}")
         raise ValueError(
             f"found no {'power-of-two ' if round_pow2 else ''}dimensions for {layout} and alpha={alpha} that land "
             f"within {tolerance:.1%} below budget {budget:,}: the closest total found is {total:,} "
-            f"({1 - total / budget:.2%} below), dims {tuple(int(d) for d in dims)}; growing a block by one "
-            f"dimension costs {steps} parameters (most popular block first). Use fewer or smaller "
+            f"({1 - total / budget:.2%} below), dims {tuple(int(d) for d in dims)}; growing a block to its next "
+            f"allowed dimension changes the total by {', '.join(costs)} parameters (most popular block first, "
+            "projections included; '-' for a block at base_dim). Use fewer or smaller "
             "blocks, a smaller base_dim, no power-of-two rounding, a larger budget or a larger tolerance"
         )
     return MDSpec(tuple(int(s) for s in sizes_array), tuple(int(d) for d in dims), base_dim)

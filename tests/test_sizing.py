@@ -179,8 +179,12 @@ def test_solve_budget_unreachable_budgets_explain_themselves():
         sizing.solve_budget(1_000, sizes, probs, 64, 0.5)
     with pytest.raises(ValueError, match="exceeds the largest layer"):
         sizing.solve_budget(1682 * 64 * 2, sizes, probs, 64, 0.5)
-    with pytest.raises(ValueError, match=r"within 1\.0% below budget"):
+    with pytest.raises(ValueError, match=r"within 1\.0% below budget") as error:
         sizing.solve_budget(2_250, sizes, probs, 64, 0.5)
+    # Every block at dimension 1: growing one to 2 costs its rows plus a projection column of 64.
+    assert "changes the total by +95, +111, +124, +140, +165, +207, +292, +1,060 parameters" in str(error.value)
+    with pytest.raises(ValueError, match=r"dims \(8, 1\); .* by -, \+108 parameters"):
+        sizing.solve_budget(120, (1, 100), (1, 0.01), 8, 1.0, tolerance=0.0)
 
 
 def test_uniform_dim_for_budget():
