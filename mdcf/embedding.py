@@ -232,6 +232,17 @@ def check_ids(spec: MDSpec, ids) -> None:
         )
 
 
+def as_rows(ids: jax.Array, n_rows: int) -> jax.Array:
+    """``ids`` (any integer dtype) as int32 rows. Narrower dtypes convert exactly;
+    ids of 32 bits or more (int64 under ``jax_enable_x64``, uint32) outside
+    ``[0, n_rows)`` become -1, so that none wraps into a valid row when narrowed."""
+    if ids.dtype == jnp.int32:
+        return ids
+    if jnp.iinfo(ids.dtype).bits < 32:  # every value fits: exact
+        return ids.astype(jnp.int32)
+    return jnp.where((ids >= 0) & (ids < n_rows), ids.astype(jnp.int32), -1)
+
+
 class Routing(NamedTuple):
     """Where each id of a batch goes on the grouped path (see :func:`route`).
 
@@ -262,7 +273,7 @@ def route(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...]) -> Routing:
     batch positions in their slots.
     """
     k = spec.n_blocks
-    flat = ids.reshape(-1)
+    flat = as_rows(ids.reshape(-1), spec.n_rows)
     batch = flat.shape[0]
     total = int(sum(capacities))
     starts = np.concatenate([[0], np.cumsum(capacities)[:-1]]).astype(np.int64)
@@ -279,7 +290,7 @@ def route(spec: MDSpec, ids: jax.Array, capacities: tuple[int, ...]) -> Routing:
     position, counts = _ranks(block, k, start=starts)  # the id's slot, if its block has room
     slot = jnp.where(position < end, position, total).astype(flat.dtype)
     local = jnp.where(block < k, flat - first, -1)
-    fits = jnp.all(counts <= np.asarray(capacities))  # every in-range id got a slot
+    fits = jnp.all(counts <= np.asarray(capacities, np.int32))  # every in-range id got a slot
     unset = jnp.broadcast_to(jnp.asarray([-1, batch], flat.dtype), (total, 2))  # [local row, batch position]
     placed = unset.at[slot].set(jnp.stack([local, jnp.arange(batch, dtype=flat.dtype)], axis=1),
                                 mode="drop", unique_indices=True, wrap_negative_indices=False)
@@ -322,9 +333,9 @@ def _ranks(values: jax.Array, k: int, chunk: int = 32, start=None) -> tuple[jax.
     valid = (grid >= 0) & (grid < k)
     # lax.div and lax.rem truncate, which is floor division for these non-negative values,
     # without the sign corrections of // and %.
-    word = jnp.where(valid, jax.lax.div(grid, per_word), -1)
-    field = jnp.where(valid, jax.lax.rem(grid, per_word) * bits, 0)
-    ones = jnp.where(word == jnp.arange(words)[:, None, None], jnp.left_shift(1, field), 0).astype(jnp.float32)
+    word = jnp.where(valid, jax.lax.div(grid, np.int32(per_word)), -1)
+    field = jnp.where(valid, jax.lax.rem(grid, np.int32(per_word)) * bits, 0)
+    ones = jnp.where(word == jnp.arange(words, dtype=jnp.int32)[:, None, None], jnp.left_shift(1, field), 0).astype(jnp.float32)
     upper = jnp.triu(jnp.ones((chunk, chunk), jnp.float32))
     inner = jnp.dot(ones.reshape(words * n_chunks, chunk), upper, precision=jax.lax.Precision.HIGHEST)
     inner = inner.astype(jnp.int32).reshape(words, n_chunks, chunk)  # running counts within each chunk, packed
@@ -332,7 +343,7 @@ def _ranks(values: jax.Array, k: int, chunk: int = 32, start=None) -> tuple[jax.
     totals = jnp.stack([
         jnp.right_shift(inner[group // per_word, :, -1], bits * (group % per_word)) & mask for group in range(k)
     ], axis=1)  # [n_chunks, k]
-    before = jnp.cumsum(totals, axis=0) - totals - 1  # entries of each group in the chunks before, less one
+    before = jnp.cumsum(totals, axis=0, dtype=jnp.int32) - totals - 1  # entries of each group in the chunks before, less one
     if start is not None:
         before = before + jnp.asarray(np.asarray(start), jnp.int32)
     packed = inner[0]
@@ -343,7 +354,7 @@ def _ranks(values: jax.Array, k: int, chunk: int = 32, start=None) -> tuple[jax.
     for group in range(k):
         base = jnp.where(grid == group, before[:, group:group + 1], base)
     out = jnp.where(valid, out + base, 0)
-    return out.reshape(-1)[:size], jnp.sum(totals, axis=0)
+    return out.reshape(-1)[:size], jnp.sum(totals, axis=0, dtype=jnp.int32)
 
 
 def assemble(spec: MDSpec, block_vectors, routing: Routing, fill: float = float("nan"),
@@ -638,7 +649,7 @@ def _lookup_grouped_exact_bwd(spec, capacities, residuals, cotangent):
 
     def update(c, start, total):  # chunk c's gradients; the first chunk replaces the routed ones
         ids = jax.lax.dynamic_slice_in_dim(flat, start, chunk)
-        owned = start + jnp.arange(chunk) >= c * chunk  # entries of the chunk before: not again
+        owned = start + jnp.arange(chunk, dtype=jnp.int32) >= c * chunk  # entries of the chunk before: not again
         rows = jnp.where(owned[:, None], jax.lax.dynamic_slice_in_dim(cotangent, start, chunk), 0)
         part = jax.vjp(lambda p: piece(p, ids), params)[1](rows)[0]
         return jax.tree.map(lambda t, g: jnp.where(c == 0, g, t + g), total, part)
@@ -692,7 +703,7 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
     """
     check_ids(spec, ids)
     ids = jnp.asarray(ids)
-    flat = ids.reshape(-1).astype(jnp.int32)
+    flat = as_rows(ids.reshape(-1), spec.n_rows)
     batch = flat.shape[0]
     if capacity == "auto":
         capacities = block_capacities(spec, batch)

@@ -52,7 +52,7 @@ import optax
 
 from . import embedding, metrics, models
 from ._checks import is_int, is_real
-from .embedding import MDSpec
+from .embedding import MDSpec, as_rows
 from .models import Model, ModelConfig
 
 __all__ = [
@@ -317,7 +317,7 @@ def _bad_ids(config: ModelConfig, users, items, weights):
     return inside, jnp.where(inside | (weights <= 0), 0.0, jnp.nan).astype(weights.dtype)
 
 
-def _batch_parts(batch):
+def _batch_parts(config: ModelConfig, batch):
     """``(users, items, ratings, weights)`` of a batch dict, checked. Keys, dtypes and
     shapes are static under ``jit``, so a malformed batch raises when the step is traced."""
     missing = [key for key in ("users", "items", "ratings") if key not in batch]
@@ -331,8 +331,8 @@ def _batch_parts(batch):
     shapes = {key: value.shape for key, value in parts.items()}
     if len(set(shapes.values())) != 1 or len(shapes["users"]) != 1:
         raise ValueError(f"train step: the batch's arrays must be 1-D and of one length, got shapes {shapes}")
-    users = parts["users"].astype(jnp.int32)
-    items = parts["items"].astype(jnp.int32)
+    users = as_rows(parts["users"], config.user.n_rows)
+    items = as_rows(parts["items"], config.item.n_rows)
     ratings = parts["ratings"].astype(jnp.float32)
     weights = jnp.ones_like(ratings) if "weights" not in parts else parts["weights"].astype(jnp.float32)
     return users, items, ratings, weights
@@ -356,7 +356,7 @@ def _dense_step(config: ModelConfig, opt: Optimizer, l2: float):
         return _weighted_loss(pred, ratings, weights, _penalty(config, vectors, user_bias, item_bias), l2, bad)
 
     def step(state: TrainState, batch):
-        users, items, ratings, weights = _batch_parts(batch)
+        users, items, ratings, weights = _batch_parts(config, batch)
         # Entries with bad ids are not skipped here (a select on the weights makes ml-100k
         # epochs about 1.1x slower): they embed as NaN, which the loss and gradients carry.
         bad = _bad_ids(config, users, items, weights)[1]
@@ -659,7 +659,7 @@ def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
         return apply_updates(state, row_ids, row_grads, dense_grads, whole, active), loss, mse
 
     def step(state: TrainState, batch):
-        users, items, ratings, weights = _batch_parts(batch)
+        users, items, ratings, weights = _batch_parts(config, batch)
         inside, bad = _bad_ids(config, users, items, weights)
         weights = jnp.where(inside, weights, 0.0)  # skipped, like padding
         regular = capacities(users.shape[0])
