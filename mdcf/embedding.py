@@ -188,17 +188,22 @@ def init(key: jax.Array, spec: MDSpec, stddev: float = 0.1, dtype=jnp.float32) -
       key: a JAX PRNG key.
       spec: the structure.
       stddev: standard deviation of each output coordinate at initialisation.
-      dtype: parameter dtype.
+      dtype: parameter dtype, a floating type. The draws and the orthonormal
+        frames are computed in at least float32 and then cast, so a bfloat16 or
+        float16 layer holds the float32 layer's values, rounded.
     """
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"init: dtype must be a floating type, got {jnp.dtype(dtype)}")
+    work = dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32  # no half-precision QR on every backend
     # One random draw for every block, sliced: each draw of a new shape is a
     # separately compiled PRNG computation, which is slow to compile on a CPU.
     table_sizes = [n * d for n, d in zip(spec.sizes, spec.dims)]
     projection_sizes = [spec.base_dim * d if d < spec.base_dim else 0 for d in spec.dims]
-    draws = jax.random.normal(key, (sum(table_sizes) + sum(projection_sizes),), dtype)
+    draws = jax.random.normal(key, (sum(table_sizes) + sum(projection_sizes),), work)
     tables, projections = [], []
     offset = 0
     for n, d, size in zip(spec.sizes, spec.dims, table_sizes):
-        tables.append(stddev * draws[offset:offset + size].reshape(n, d))
+        tables.append((stddev * draws[offset:offset + size].reshape(n, d)).astype(dtype))
         offset += size
     for d, size in zip(spec.dims, projection_sizes):
         if not size:
@@ -208,7 +213,7 @@ def init(key: jax.Array, spec: MDSpec, stddev: float = 0.1, dtype=jnp.float32) -
         offset += size
         q, r = jnp.linalg.qr(gaussian)  # [d0, d] with orthonormal columns
         q = q * jnp.sign(jnp.diagonal(r))[None, :]  # a uniformly random orthonormal frame
-        projections.append(q.T * jnp.asarray(math.sqrt(spec.base_dim / d), dtype))
+        projections.append((q.T * jnp.asarray(math.sqrt(spec.base_dim / d), work)).astype(dtype))
     return MDParams(tuple(tables), tuple(projections))
 
 

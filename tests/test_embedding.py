@@ -296,6 +296,26 @@ def test_init_scale_and_param_count():
     np.testing.assert_allclose(p @ p.T, np.eye(4) * 32 / 4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_init_in_half_precision_rounds_the_float32_layer(dtype):
+    """Half-precision layers (QR has no half-precision kernel on the CPU) hold the float32
+    layer's values, rounded, and look up and differentiate in their own dtype."""
+    spec = MDSpec((3, 5, 40), (8, 4, 2), 8)
+    full = init(jax.random.key(0), spec)
+    half = init(jax.random.key(0), spec, dtype=dtype)
+    for x, y in zip(jax.tree.leaves(half), jax.tree.leaves(full)):
+        assert x.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y.astype(dtype)))
+    ids = np.arange(spec.n_rows)
+    out = jax.jit(lambda p: lookup(p, spec, ids, 4))(half)  # routed blocks
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(materialize(half, spec)))
+    grads = jax.grad(lambda p: jnp.sum(lookup(p, spec, ids, 4).astype(jnp.float32)))(half)
+    assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(dtype)}
+    with pytest.raises(TypeError, match="dtype must be a floating type"):
+        init(jax.random.key(0), spec, dtype=jnp.int32)
+
+
 def test_spec_is_static_hashable_and_round_trips():
     spec = MDSpec((3, 9), (4, 2), 4, loads=(3, 1))
     assert spec.loads == (0.75, 0.25)
