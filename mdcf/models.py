@@ -342,6 +342,9 @@ def build_model(
       round_pow2, biases, layers, negative_slope, init_stddev: see :class:`ModelConfig`
         and :func:`mdcf.sizing.solve_budget`.
     """
+    if len(train) == 0:
+        raise ValueError("build_model: train holds no ratings; the blocking, the dimensions and the global "
+                         "mean are all taken from the training ratings")
     specs, rows = {}, {}
     sides = (("user", train.user_counts(), user_budget), ("item", train.item_counts(), item_budget))
     n_total = train.n_users + train.n_items

@@ -1152,6 +1152,9 @@ def fit(
                              f"(strictly between 0 and 1), got {validation!r}")
         fraction = float(validation)
         train, validation = data_.split(train, "random", test_fraction=fraction, seed=seed + 7919)
+    elif validation is not None and len(validation) == 0:
+        raise ValueError("fit: the validation set is empty; pass ratings to validate on, a fraction of train, "
+                         "or None for no validation (and no early stopping)")
     config = model.config
     if opt is None:
         if sparse == "auto":

@@ -75,6 +75,12 @@ def test_budgets_that_cannot_be_met_name_the_table_and_its_share():
         models.build_model(ratings, "mf", dim=8, user_budget=400, item_budget=5)  # uniform at a budget
 
 
+def test_build_model_refuses_ratings_without_any_rating():
+    ratings, _ = data.synthetic(30, 20, 100, seed=0)
+    with pytest.raises(ValueError, match="build_model: train holds no ratings"):
+        models.build_model(ratings.subset(np.zeros(len(ratings), bool)), "mf", dim=4, alpha=0.5)
+
+
 def test_build_model_uniform_md_and_budget():
     ratings, _ = data.synthetic(300, 200, 6_000, seed=0)
     uniform = models.build_model(ratings, "mf", dim=16)

@@ -465,6 +465,16 @@ def test_fit_refuses_arguments_out_of_range(small_data, argument, value):
         train.fit(model, train_part, progress=False, **{argument: value})
 
 
+def test_fit_refuses_empty_training_and_validation_sets(small_data):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=4)
+    empty = train_part.subset(np.zeros(len(train_part), bool))
+    with pytest.raises(ValueError, match="fit: the training set is empty"):
+        train.fit(model, empty, None, progress=False)
+    with pytest.raises(ValueError, match="fit: the validation set is empty"):
+        train.fit(model, train_part, empty, progress=False)
+
+
 def test_optimizer_refuses_rates_out_of_range_and_takes_schedules():
     for rate in (0.0, -1e-3, float("nan")):
         with pytest.raises(ValueError, match="learning_rate must be a finite number > 0 or an optax schedule"):
