@@ -152,9 +152,10 @@ def row_adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: floa
         m, v = state
         m = b1 * m + (1 - b1) * grads
         v = b2 * v + (1 - b2) * grads**2
-        t = step.astype(jnp.float32)
-        m_hat = m / (1 - b1**t)
-        v_hat = v / (1 - b2**t)
+        # As optax computes it: the correction in the default float dtype (float64 under
+        # jax_enable_x64), the division in the moments' dtype.
+        m_hat = m / jnp.asarray(1 - b1**step).astype(m.dtype)
+        v_hat = v / jnp.asarray(1 - b2**step).astype(v.dtype)
         return rows - learning_rate * m_hat / (jnp.sqrt(v_hat) + eps), (m, v)
 
     return RowOptimizer(init, update, f"adam(lr={learning_rate})")

@@ -259,7 +259,7 @@ def test_padding_rows_of_a_uniform_table_are_out_of_range():
     """Tables padded for row sharding (mdcf.sharding) carry rows past the spec's: ids there are bad ids."""
     spec = MDSpec.uniform(10, 4)
     params = init(jax.random.key(0), spec)
-    padded = params._replace(tables=(jnp.concatenate([params.tables[0], jnp.ones((2, 4))]),))
+    padded = params._replace(tables=(jnp.concatenate([params.tables[0], jnp.ones((2, 4), jnp.float32)]),))
     out = jax.jit(lambda p, i: lookup(p, spec, i))(padded, np.array([9, 10, 11]))
     np.testing.assert_array_equal(out[0], params.tables[0][9])
     assert np.isnan(out[1:]).all()
