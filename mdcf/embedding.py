@@ -340,7 +340,8 @@ def _ranks(values: jax.Array, k: int, chunk: int = 32, start=None) -> tuple[jax.
     # without the sign corrections of // and %.
     word = jnp.where(valid, jax.lax.div(grid, np.int32(per_word)), -1)
     field = jnp.where(valid, jax.lax.rem(grid, np.int32(per_word)) * bits, 0)
-    ones = jnp.where(word == jnp.arange(words, dtype=jnp.int32)[:, None, None], jnp.left_shift(1, field), 0).astype(jnp.float32)
+    word_ids = jnp.arange(words, dtype=jnp.int32)[:, None, None]
+    ones = jnp.where(word == word_ids, jnp.left_shift(1, field), 0).astype(jnp.float32)
     upper = jnp.triu(jnp.ones((chunk, chunk), jnp.float32))
     inner = jnp.dot(ones.reshape(words * n_chunks, chunk), upper, precision=jax.lax.Precision.HIGHEST)
     inner = inner.astype(jnp.int32).reshape(words, n_chunks, chunk)  # running counts within each chunk, packed
@@ -348,7 +349,8 @@ def _ranks(values: jax.Array, k: int, chunk: int = 32, start=None) -> tuple[jax.
     totals = jnp.stack([
         jnp.right_shift(inner[group // per_word, :, -1], bits * (group % per_word)) & mask for group in range(k)
     ], axis=1)  # [n_chunks, k]
-    before = jnp.cumsum(totals, axis=0, dtype=jnp.int32) - totals - 1  # entries of each group in the chunks before, less one
+    # Entries of each group in the chunks before, less one.
+    before = jnp.cumsum(totals, axis=0, dtype=jnp.int32) - totals - 1
     if start is not None:
         before = before + jnp.asarray(np.asarray(start), jnp.int32)
     packed = inner[0]
