@@ -52,7 +52,7 @@ import optax
 
 from . import embedding, metrics, models
 from ._checks import is_int, is_real
-from .embedding import MDSpec, as_rows
+from .embedding import MDSpec
 from .models import Model, ModelConfig
 
 __all__ = [
@@ -332,8 +332,8 @@ def _batch_parts(config: ModelConfig, batch):
     shapes = {key: value.shape for key, value in parts.items()}
     if len(set(shapes.values())) != 1 or len(shapes["users"]) != 1:
         raise ValueError(f"train step: the batch's arrays must be 1-D and of one length, got shapes {shapes}")
-    users = as_rows(parts["users"], config.user.n_rows)
-    items = as_rows(parts["items"], config.item.n_rows)
+    users = embedding.as_rows(parts["users"], config.user.n_rows)
+    items = embedding.as_rows(parts["items"], config.item.n_rows)
     ratings = parts["ratings"].astype(jnp.float32)
     weights = jnp.ones_like(ratings) if "weights" not in parts else parts["weights"].astype(jnp.float32)
     return users, items, ratings, weights
