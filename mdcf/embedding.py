@@ -707,6 +707,18 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
       ``[*ids.shape, base_dim]``. Differentiable in every table and projection.
       Out-of-range ids give NaN vectors under ``jit`` and raise ``IndexError``
       outside it.
+
+    Differentiation: the grouped path (taken by ``"auto"`` and an int whenever
+    some block is not projected whole) has a custom VJP, so it supports
+    reverse mode to first order (``jax.grad``, ``jax.vjp``,
+    ``jax.value_and_grad``: what training needs) and not forward mode
+    (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``, ``jax.linearize``) or
+    reverse over reverse (a Hessian-vector product as the gradient of a
+    gradient). For those pass ``capacity=None``: the same values, from plain
+    JAX operations that every transformation, to any order, goes through
+    (slower: every block runs on every id)::
+
+        hvp = jax.jvp(jax.grad(lambda p: loss(lookup(p, spec, ids, capacity=None))), (params,), (v,))[1]
     """
     check_ids(spec, ids)
     ids = jnp.asarray(ids)

@@ -195,10 +195,14 @@ def layer_params(params: dict, name: str) -> MDParams:
     return MDParams(tuple(params["tables"][name]), tuple(params["dense"]["projections"][name]))
 
 
-def embed(params: dict, config: ModelConfig, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
-    """Embedding vectors ``[B, d0]`` of every table for a batch of user and item rows."""
+def embed(params: dict, config: ModelConfig, users: jax.Array, items: jax.Array,
+          capacity: int | str | None = "auto") -> dict[str, jax.Array]:
+    """Embedding vectors ``[B, d0]`` of every table for a batch of user and item rows.
+    ``capacity`` goes to :func:`mdcf.embedding.lookup` (``None``: differentiable in
+    forward mode and to any order, slower)."""
     ids = {"user": users, "item": items}
-    return {name: embedding.lookup(layer_params(params, name), spec, ids[side]) for name, side, spec in config.embeddings}
+    return {name: embedding.lookup(layer_params(params, name), spec, ids[side], capacity)
+            for name, side, spec in config.embeddings}
 
 
 def _mlp(dense: dict, config: ModelConfig, x: jax.Array) -> jax.Array:
@@ -225,9 +229,14 @@ def head(dense: dict, config: ModelConfig, vectors: dict[str, jax.Array], user_b
     return score
 
 
-def apply(params: dict, config: ModelConfig, users: jax.Array, items: jax.Array) -> jax.Array:
-    """Predicted ratings ``[B]`` (not clipped) for user and item rows in block order."""
-    vectors = embed(params, config, users, items)
+def apply(params: dict, config: ModelConfig, users: jax.Array, items: jax.Array,
+          capacity: int | str | None = "auto") -> jax.Array:
+    """Predicted ratings ``[B]`` (not clipped) for user and item rows in block order.
+
+    Differentiable in ``params`` with ``jax.grad``; for forward mode (``jax.jvp``,
+    ``jax.hessian``) or a gradient of a gradient, pass ``capacity=None`` (see
+    :func:`mdcf.embedding.lookup`)."""
+    vectors = embed(params, config, users, items, capacity)
     user_bias = item_bias = None
     if config.biases:
         user_bias = params["tables"]["user_bias"][users]

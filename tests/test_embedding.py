@@ -111,6 +111,51 @@ def test_grouped_path_with_realistic_loads_and_overflow():
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_capacity_none_differentiates_in_forward_mode_and_to_second_order():
+    # The default (grouped) path has a custom VJP: first-order reverse mode only. capacity=None
+    # must give the same values through every transformation: jvp against the hand-accumulated
+    # gradient (adjoint identity), and Hessian-vector products, forward over reverse and reverse
+    # over reverse, against central differences of the default path's gradient.
+    spec = MDSpec((10, 40, 1500, 3000), (16, 8, 4, 2), 16, loads=(0.25, 0.25, 0.25, 0.25))
+    params = init(jax.random.key(3), spec)
+    rng = np.random.default_rng(1)
+    bounds = np.cumsum((0,) + spec.sizes)
+    ids = rng.permutation(np.concatenate([rng.integers(bounds[i], bounds[i + 1], 300) for i in range(4)]))
+    assert embedding.head_blocks(spec, embedding.block_capacities(spec, len(ids))) == 2  # blocks 2-3 routed
+    keys = iter(jax.random.split(jax.random.key(4), 8))
+    direction = jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape, x.dtype), params)
+    ct = rng.standard_normal((len(ids), 16)).astype(np.float32)
+
+    np.testing.assert_allclose(lookup(params, spec, ids, capacity=None), lookup(params, spec, ids),
+                               rtol=1e-5, atol=1e-6)
+    tangent = jax.jit(lambda p, v: jax.jvp(lambda q: lookup(q, spec, ids, capacity=None), (p,), (v,))[1])(
+        params, direction)
+    want_tables, want_projections = naive_grads(params, spec, ids, ct)
+    pairs = list(zip(direction.tables, want_tables)) + [
+        (v, g) for v, g in zip(direction.projections, want_projections) if v is not None]
+    adjoint = sum(float(np.sum(np.asarray(v, np.float64) * g)) for v, g in pairs)
+    np.testing.assert_allclose(float(np.sum(np.asarray(tangent, np.float64) * ct)), adjoint, rtol=1e-4)
+
+    def loss(p, capacity):
+        return jnp.sum(lookup(p, spec, ids, capacity) ** 2 * ct)
+
+    def along(step):
+        return jax.tree.map(lambda x, v: x + jnp.float32(step) * v, params, direction)
+
+    grad_default = jax.jit(jax.grad(partial(loss, capacity="auto")))
+    eps = 1e-3
+    want = jax.tree.map(lambda a, b: (np.asarray(a, np.float64) - np.asarray(b, np.float64)) / (2 * eps),
+                        grad_default(along(eps)), grad_default(along(-eps)))
+    grad_none = jax.grad(partial(loss, capacity=None))
+    forward_over_reverse = jax.jit(lambda p, v: jax.jvp(grad_none, (p,), (v,))[1])(params, direction)
+    reverse_over_reverse = jax.jit(jax.grad(lambda p, v: sum(
+        jnp.vdot(g, x) for g, x in zip(jax.tree.leaves(grad_none(p)), jax.tree.leaves(v)))))(params, direction)
+    for hvp in (forward_over_reverse, reverse_over_reverse):
+        for got, expected in zip(jax.tree.leaves(hvp), jax.tree.leaves(want)):
+            scale = np.max(np.abs(expected))
+            np.testing.assert_allclose(np.asarray(got) / scale, expected / scale, atol=5e-4)
+
+
 @settings(max_examples=40, deadline=None)
 @given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=6), capacity=st.integers(1, 30),
        limit=st.sampled_from([None, 0.5, 1.0, 2.0, 3.0]))

@@ -103,3 +103,24 @@ def test_build_model_uniform_md_and_budget():
     with pytest.raises(ValueError, match="coded differently"):
         md.encode(other)
     assert md.global_mean == pytest.approx(float(np.mean(ratings.ratings)))
+
+
+def test_apply_with_capacity_none_supports_forward_mode():
+    # Tables large enough that the default lookup groups ids by block (custom VJP, reverse
+    # mode only); capacity=None gives the same predictions and a jvp that is the adjoint of
+    # the default path's gradient.
+    spec = MDSpec((10, 40, 1500, 3000), (8, 4, 2, 2), 8)
+    config = ModelConfig("mf", spec, spec)
+    params = models.init(jax.random.key(0), config, global_mean=3.0)
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 4550, 1000), rng.integers(0, 4550, 1000)
+    assert embedding.head_blocks(spec, embedding.block_capacities(spec, 1000)) < spec.n_blocks
+    weights = jnp.asarray(rng.standard_normal(1000).astype(np.float32))
+    np.testing.assert_allclose(models.apply(params, config, users, items, capacity=None),
+                               models.apply(params, config, users, items), rtol=1e-5, atol=1e-6)
+    keys = iter(jax.random.split(jax.random.key(1), 32))
+    direction = jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape, x.dtype), params)
+    tangent = jax.jvp(lambda p: models.apply(p, config, users, items, capacity=None), (params,), (direction,))[1]
+    grads = jax.grad(lambda p: jnp.sum(models.apply(p, config, users, items) * weights))(params)
+    adjoint = sum(float(jnp.vdot(g, v)) for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
+    np.testing.assert_allclose(float(jnp.vdot(tangent, weights)), adjoint, rtol=1e-4)
