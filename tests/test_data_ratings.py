@@ -68,6 +68,38 @@ def test_from_dataframe_bad_values(column, value, message):
         data.from_dataframe(df, scale=(1, 5))
 
 
+def test_from_dataframe_time_zones_and_float32_range():
+    instants = pd.to_datetime(["2020-01-01 00:00", "2020-06-01 12:30"])
+    naive = pd.DataFrame({"user": [1, 2], "item": [1, 1], "rating": [1.0, 2.0], "t": instants})
+    aware = naive.assign(t=instants.tz_localize("UTC").tz_convert("Asia/Tokyo"))  # same instants, other zone
+    want = data.from_dataframe(naive, timestamp="t").timestamps
+    np.testing.assert_array_equal(data.from_dataframe(aware, timestamp="t").timestamps, want)
+    assert want.tolist() == [1577836800, 1591014600]
+    with pytest.raises(ValueError, match=r"rating 1e\+40 beyond the float32 range .* at row 1"):
+        data.from_dataframe(naive.assign(rating=[1.0, 1e40]))
+
+
+def test_ids_of_one_type_only():
+    # An object column of integers keeps integer ids, sorted as numbers.
+    df = pd.DataFrame({"user": pd.Series([10, 2, 1], dtype=object), "item": [1, 1, 1], "rating": [1.0, 2.0, 3.0]})
+    r = data.from_dataframe(df)
+    assert r.user_ids.tolist() == [1, 2, 10] and r.user_ids.dtype.kind == "i" and r.users.tolist() == [2, 1, 0]
+    # 1 and "1" would print alike: refused instead of merged, from lists and from DataFrames.
+    with pytest.raises(ValueError, match=r"user ids mix types \(int, str"):
+        data.from_arrays([1, "1", "a"], [1, 1, 1], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"ids in column 'user' mix types \(int, str"):
+        data.from_dataframe(df.assign(user=pd.Series([1, "1", "a"], dtype=object)))
+    # Floats: whole values are integer ids, others are refused (as from_dataframe refuses them).
+    assert data.from_arrays([1.0, 2.0], [1, 1], [1.0, 2.0]).user_ids.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="non-integer id 1.5 at position 1"):
+        data.from_arrays([1.0, 1.5], [1, 1], [1.0, 2.0])
+    for bad, message in (([True, False], "must be integers or strings, got bool"),
+                         ([b"a", b"b"], "must be integers or strings, got bytes"),
+                         (["a", None], r"missing id \(None\) at position 1")):
+        with pytest.raises(ValueError, match=message):
+            data.from_arrays(bad, [1, 1], [1.0, 2.0])
+
+
 def test_from_dataframe_missing_column():
     with pytest.raises(KeyError, match="no column rating='score'"):
         data.from_dataframe(pd.DataFrame({"user": [1], "item": [2]}), rating="score")

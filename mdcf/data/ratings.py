@@ -202,17 +202,74 @@ class Ratings:
         )
 
 
-def encode_ids(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _id_array(raw, what: str) -> np.ndarray:
+    """``raw`` ids as an array of integers or strings. Python sequences and object
+    arrays must hold one kind of id (all integers or all strings): ``1`` and ``"1"``
+    would otherwise become one id. Whole floats become integers; other floats raise."""
+    if isinstance(raw, (list, tuple)):
+        raw = np.asarray(raw, dtype=object)  # np.asarray alone turns [1, "a"] into strings
+    raw = np.asarray(raw)
+    if raw.dtype.kind == "O":
+        values = raw.ravel().tolist()
+        kinds = {type(v) for v in values}
+        if type(None) in kinds:
+            raise ValueError(f"{what}: missing id (None) at position {values.index(None)}")
+        def integer(k):
+            return issubclass(k, (int, np.integer)) and not issubclass(k, (bool, np.bool_))
+
+        if all(issubclass(k, str) for k in kinds):
+            raw = raw.astype(str)
+        elif all(integer(k) for k in kinds):
+            for dtype in (np.int64, np.uint64):
+                try:
+                    raw = np.asarray(values, dtype=dtype).reshape(raw.shape)
+                    break
+                except OverflowError:
+                    continue
+            else:
+                raise ValueError(f"{what}: integer ids beyond 64 bits, e.g. {max(values, key=abs)!r}")
+        elif all(integer(k) or issubclass(k, (float, np.floating)) for k in kinds):
+            raw = np.asarray(values, dtype=np.float64).reshape(raw.shape)  # checked below
+        else:
+            names = sorted({k.__name__ for k in kinds})
+            examples = {}
+            for v in values:
+                examples.setdefault(type(v).__name__, v)
+            shown = ", ".join(repr(examples[n]) for n in names[:3])
+            if len(names) == 1 or not any(issubclass(k, str) for k in kinds):
+                raise ValueError(f"{what} must be integers or strings, got {', '.join(names)} (e.g. {shown})")
+            raise ValueError(
+                f"{what} mix types ({', '.join(names)}; e.g. {shown}): ids of different types can print "
+                "alike (1 and '1') and would be merged; convert them to one type (all strings or all "
+                "integers) first"
+            )
+    if raw.dtype.kind == "b":
+        raise ValueError(f"{what} must be integers or strings, got booleans")
+    if raw.dtype.kind == "f":
+        bad = ~np.isfinite(raw) | (raw != np.round(raw)) | (np.abs(raw) >= 2.0**63)
+        if bad.any():
+            where = int(np.flatnonzero(bad.ravel())[0])
+            raise ValueError(f"{what}: non-integer id {raw.ravel()[where].item()!r} at position {where} "
+                             f"({int(bad.sum())} such ids); ids are integers or strings")
+        raw = raw.astype(np.int64)
+    return raw
+
+
+def encode_ids(raw, what: str = "ids") -> tuple[np.ndarray, np.ndarray]:
     """Dense codes for raw ids.
 
     Args:
-      raw: ``[n]`` ids: integers or strings.
+      raw: ``[n]`` ids: integers or strings (whole floats count as integers).
+      what: how error messages name the ids.
 
     Returns:
       ``(codes, uniques)``: int32 codes in ``0..len(uniques)-1`` and the sorted
       distinct ids, so that ``uniques[codes] == raw``.
+
+    Raises:
+      ValueError: non-integer floats, or ids of mixed types (``[1, "1"]``).
     """
-    raw = np.asarray(raw)
+    raw = _id_array(raw, what)
     if raw.size and np.issubdtype(raw.dtype, np.integer):
         low, high = int(raw.min()), int(raw.max())
         # Dense non-negative ids (MovieLens-style): an O(n) presence table
@@ -223,9 +280,6 @@ def encode_ids(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             uniques = np.flatnonzero(present).astype(raw.dtype)
             code_of = np.cumsum(present, dtype=np.int64) - 1
             return code_of[raw].astype(np.int32), uniques
-    if raw.dtype.kind == "O":
-        # Mixed Python objects: compare as strings so sorting is well defined.
-        raw = raw.astype(str)
     uniques, codes = np.unique(raw, return_inverse=True)
     return codes.astype(np.int32).reshape(-1), uniques
 
@@ -334,8 +388,8 @@ def from_arrays(
       the latest timestamp); ``"error"``: raise ``ValueError``; ``"keep"``: keep
       every row as is.
     """
-    user_codes, user_ids = encode_ids(np.asarray(users))
-    item_codes, item_ids = encode_ids(np.asarray(items))
+    user_codes, user_ids = encode_ids(users, f"{name}: user ids")
+    item_codes, item_ids = encode_ids(items, f"{name}: item ids")
     values = np.asarray(ratings, dtype=np.float32)
     times = None if timestamps is None else np.asarray(timestamps, dtype=np.int64)
     keep, new_values, dropped = resolve_duplicates(
@@ -422,6 +476,9 @@ def from_dataframe(
     values = values.to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
         raise first_bad(~np.isfinite(values), "NaN or infinite rating")
+    too_large = np.abs(values) > np.finfo(np.float32).max
+    if too_large.any():
+        raise first_bad(too_large, f"rating {values[too_large][0]:g} beyond the float32 range ratings are stored in")
     if scale is not None:
         low, high = scale
         outside = (values < low) | (values > high)
@@ -434,6 +491,8 @@ def from_dataframe(
         if column.isna().any():
             raise first_bad(column.isna(), f"missing timestamp in column {timestamp!r}")
         if pd.api.types.is_datetime64_any_dtype(column):
+            if getattr(column.dtype, "tz", None) is not None:  # time-zone aware: the same instants in UTC
+                column = column.dt.tz_convert("UTC").dt.tz_localize(None)
             times = (column.astype("datetime64[s]").to_numpy().astype(np.int64))
         else:
             numeric = pd.to_numeric(column, errors="coerce")
@@ -450,7 +509,7 @@ def from_dataframe(
             if not np.array_equal(array, np.round(array)):
                 raise first_bad(array != np.round(array), f"non-integer id in column {column!r}")
             array = array.astype(np.int64)
-        return array
+        return _id_array(array, f"{name}: ids in column {column!r}")
 
     return from_arrays(
         ids(user), ids(item), values, times, scale=scale, duplicates=duplicates, name=name,
