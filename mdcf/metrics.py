@@ -9,20 +9,28 @@ import numpy as np
 __all__ = ["mse", "rmse", "mae", "popularity_thirds", "rating_metrics"]
 
 
-def mse(pred, target) -> float:
-    """Mean squared error."""
+def _pair(pred, target, where: str) -> tuple[np.ndarray, np.ndarray]:
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    if pred.shape != target.shape:  # broadcasting [n, 1] against [n] would average n * n errors
+        raise ValueError(f"{where}: pred and target must have one shape, got {pred.shape} and {target.shape}")
+    return pred, target
+
+
+def mse(pred, target) -> float:
+    """Mean squared error (NaN for no predictions). ``pred`` and ``target`` have one shape."""
+    pred, target = _pair(pred, target, "mse")
     return float(np.mean((pred - target) ** 2)) if pred.size else math.nan
 
 
 def rmse(pred, target) -> float:
     """Root mean squared error."""
+    pred, target = _pair(pred, target, "rmse")
     return math.sqrt(mse(pred, target))
 
 
 def mae(pred, target) -> float:
-    """Mean absolute error."""
-    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    """Mean absolute error (NaN for no predictions). ``pred`` and ``target`` have one shape."""
+    pred, target = _pair(pred, target, "mae")
     return float(np.mean(np.abs(pred - target))) if pred.size else math.nan
 
 

@@ -39,3 +39,12 @@ def test_rating_metrics_refuse_mismatched_or_out_of_range_input():
         metrics.rating_metrics(np.ones(3), np.ones(3), np.array([0, 1, 7]), 3)
     with pytest.raises(ValueError, match=r"item_rows must lie in \[0, 3\), got values from -1"):
         metrics.rating_metrics(np.ones(2), np.ones(2), np.array([-1, 1]), 3)
+
+
+@pytest.mark.parametrize("metric", [metrics.mse, metrics.rmse, metrics.mae])
+def test_error_metrics_refuse_broadcasting(metric):
+    # [n, 1] against [n] would broadcast to n * n differences: a silently wrong value.
+    pred, target = np.arange(4.0)[:, None], np.arange(4.0)
+    with pytest.raises(ValueError, match=r"one shape, got \(4, 1\) and \(4,\)"):
+        metric(pred, target)
+    assert metric(pred[:, 0], target) == 0.0
