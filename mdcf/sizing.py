@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._checks import is_real
+from ._checks import is_int, is_real
 from .embedding import MDSpec, num_params
 
 __all__ = ["popularity_dims", "md_solver", "solve_budget", "uniform_dim_for_budget", "num_params"]
@@ -429,6 +429,8 @@ def uniform_dim_for_budget(budget: int, n_rows: int) -> int:
     Raises:
       ValueError: the budget is below one dimension per row.
     """
+    if not is_int(n_rows) or n_rows < 1:
+        raise ValueError(f"n_rows must be a positive integer, got {n_rows!r}")
     d = int(budget) // int(n_rows)
     if d < 1:
         raise ValueError(f"budget {budget:,} is below one dimension per row ({n_rows:,} rows)")

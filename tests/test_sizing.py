@@ -192,3 +192,5 @@ def test_uniform_dim_for_budget():
     assert sizing.uniform_dim_for_budget(1682 * 8 + 1000, 1682) == 8
     with pytest.raises(ValueError, match="below one dimension per row"):
         sizing.uniform_dim_for_budget(100, 1682)
+    with pytest.raises(ValueError, match="n_rows must be a positive integer, got 0"):
+        sizing.uniform_dim_for_budget(100, 0)
