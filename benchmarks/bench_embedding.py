@@ -26,10 +26,24 @@ two targets.
 Targets on a 2-core CPU: MD <= 1.5x the uniform step at the same d0; MD with 8x
 fewer parameters <= 1.0x.
 
+With ``--torch`` (PyTorch installed), the same rounds also time the PyTorch layers a
+researcher would use today, on the same ids, specs and cotangent: ``nn.Embedding``
+(dense gradients, as ``jax.grad`` gives, and sparse ones), and an MD layer built
+as facebookresearch/dlrm builds one (per block an ``nn.Embedding`` of ``d_i``
+columns and a bias-free ``nn.Linear`` to ``d0``), its ids grouped by block. A
+second table gives PyTorch's MD/uniform ratios beside mdcf's, and how long
+mdcf's MD step takes against PyTorch's MD step. PyTorch runs with its default
+threading, whose OpenMP threads keep spinning for a while after each call and
+slow the JAX call timed next (``OMP_WAIT_POLICY=PASSIVE`` stops that but makes
+PyTorch's small calls 1.5-2.5x slower): mdcf's figures in a ``--torch`` run are
+pessimistic, so check the targets in a run without it.
+
 Usage::
 
     python benchmarks/bench_embedding.py            # full grid (several minutes)
     python benchmarks/bench_embedding.py --quick    # three configurations
+    pip install torch --index-url https://download.pytorch.org/whl/cpu
+    python benchmarks/bench_embedding.py --rows 1e4 1e5 --torch
 """
 
 from __future__ import annotations
@@ -52,7 +66,13 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.0, help="popularity exponent of the rows")
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--quick", action="store_true", help="three configurations only")
+    parser.add_argument("--torch", action="store_true", help="also time PyTorch's table and a dlrm-style MD layer")
     args = parser.parse_args()
+    if args.torch:
+        try:
+            import torch
+        except ImportError:
+            parser.error("--torch needs PyTorch: pip install torch --index-url https://download.pytorch.org/whl/cpu")
 
     import jax
     import jax.numpy as jnp
@@ -104,7 +124,41 @@ def main() -> None:
         call.temp_mb = float("nan") if memory is None else memory.temp_size_in_bytes / 1e6
         return call
 
+    def torch_timed(sizes, dims, ids, cotangent, sparse):
+        """PyTorch forward+backward of the same batches: a table when ``sizes`` has one
+        block, else a table and a bias-free Linear per projected block, ids grouped by block."""
+        torch.manual_seed(0)
+        tables = [torch.nn.Embedding(n, d, sparse=sparse) for n, d in zip(sizes, dims)]
+        linears = [torch.nn.Linear(d, d0, bias=False) if d < d0 else None for d in dims]
+        params = [p for m in tables + linears if m is not None for p in m.parameters()]
+        starts = torch.tensor(np.cumsum(sizes)[:-1].astype(np.int64))
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+        batches = torch.from_numpy(np.asarray(ids).astype(np.int64))
+        grad_out = torch.from_numpy(np.array(cotangent))  # a writable copy
+
+        def forward(batch):
+            if len(sizes) == 1:
+                return tables[0](batch)
+            block = torch.bucketize(batch, starts, right=True)
+            out = torch.empty(batch.shape[0], d0)
+            for i, (table, linear) in enumerate(zip(tables, linears)):
+                where = torch.nonzero(block == i, as_tuple=True)[0]
+                vectors = table(batch[where] - offsets[i])
+                out = out.index_copy(0, where, vectors if linear is None else linear(vectors))
+            return out
+
+        def call():
+            for batch in batches:
+                for p in params:
+                    p.grad = None
+                (forward(batch) * grad_out).sum().backward()
+
+        call()
+        call.temp_mb = float("nan")
+        return call
+
     rows_out = []
+    torch_rows = []
     print(f"bench_embedding: d0={d0}, alpha={args.alpha}, Zipf {args.zipf}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}; uniform: ms per batch of forward+backward "
           f"(median of {args.rounds} rounds); the others: median (range) of per-round ratios to it")
@@ -138,6 +192,11 @@ def main() -> None:
             "md_fwd": timed(md, md_params, ids, cotangent, forward_only=True),
             "pre_fwd": timed(md, materialize(md_params, md), ids, cotangent, forward_only=True, pre_projected=True),
         }
+        if args.torch:
+            for sparse in (False, True):
+                tag = "sparse" if sparse else "dense"
+                variants[f"torch_uniform_{tag}"] = torch_timed((n,), (d0,), ids, cotangent, sparse)
+                variants[f"torch_md_{tag}"] = torch_timed(md.sizes, md.dims, ids, cotangent, sparse)
         # Each timing repeats its call until the uniform step has run for about 30 ms, so
         # that the small configurations are not measured at the timer's grain.
         start = time.perf_counter()
@@ -160,6 +219,12 @@ def main() -> None:
         share = num_params(md) / num_params(uniform)
         share_small = num_params(small) / num_params(uniform)
         rows_out.append((n, batch, k, ratio["md"], ratio["small"]))
+        if args.torch:
+            med = {name: float(np.median(t)) / steps * 1e3 for name, t in times.items()}
+            within = {name: float(np.median(times[a] / times[b])) for name, (a, b) in {
+                "dense": ("torch_md_dense", "torch_uniform_dense"), "sparse": ("torch_md_sparse", "torch_uniform_sparse"),
+                "vs_dense": ("md", "torch_md_dense"), "vs_sparse": ("md", "torch_md_sparse")}.items()}
+            torch_rows.append((n, batch, k, med, within))
         print(f"{n:>9,} {batch:>6} {k:>3} | {uniform_ms:>8.2f} | {share:>9.3f} {ratio['md']:>5.2f}x {spread['md']:>9} | "
               f"{share_small:>11.3f} {ratio['small']:>5.2f}x {spread['small']:>9} | "
               f"{ratio['md_fwd']:>5.2f}x {ratio['pre_fwd']:>6.2f}x | "
@@ -171,6 +236,23 @@ def main() -> None:
     print("MD params / MD/8 params: parameter count relative to the uniform table (projections included); "
           "fwd: forward-only time relative to the uniform forward; pre: gathers from the pre-projected table; "
           "temp MB: the compiled forward+backward's temporary buffers, uniform/MD/MD/8 (allocated on every call)")
+    if torch_rows:
+        print(f"\nPyTorch {torch.__version__} ({torch.get_num_threads()} threads), the same batches: ms per batch "
+              "of forward+backward (medians); ratios: medians of per-round ratios")
+        columns = ("torch table ms", "torch MD/table", "mdcf ms", "mdcf MD/table", "mdcf MD / torch MD")
+        under = ("dense / sparse", "dense / sparse", "table / MD", "", "dense / sparse")
+        widths = (15, 15, 13, 13, 18)
+        print(f"{'rows':>9} {'batch':>6} {'k':>3} | " + " | ".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
+        print(f"{'':>20} | " + " | ".join(f"{c:>{w}}" for c, w in zip(under, widths)))
+        print("-" * (24 + sum(widths) + 3 * (len(widths) - 1)))
+        for (n, batch, k, med, within), row in zip(torch_rows, rows_out):
+            cells = (f"{med['torch_uniform_dense']:.2f} / {med['torch_uniform_sparse']:.2f}",
+                     f"{within['dense']:.2f}x / {within['sparse']:.2f}x",
+                     f"{med['uniform']:.2f} / {med['md']:.2f}", f"{row[3]:.2f}x",
+                     f"{within['vs_dense']:.2f}x / {within['vs_sparse']:.2f}x")
+            print(f"{n:>9,} {batch:>6} {k:>3} | " + " | ".join(f"{c:>{w}}" for c, w in zip(cells, widths)), flush=True)
+        print("torch MD: a table and a bias-free Linear per block, ids grouped by block (as dlrm builds it); dense / "
+              "sparse: nn.Embedding(sparse=False / True); mdcf differentiates whole tables (dense gradients)")
 
 
 if __name__ == "__main__":

@@ -214,6 +214,7 @@ def _id_array(raw, what: str) -> np.ndarray:
         kinds = {type(v) for v in values}
         if type(None) in kinds:
             raise ValueError(f"{what}: missing id (None) at position {values.index(None)}")
+
         def integer(k):
             return issubclass(k, (int, np.integer)) and not issubclass(k, (bool, np.bool_))
 
