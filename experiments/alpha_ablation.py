@@ -47,6 +47,11 @@ def main(argv=None) -> int:
     mesh = sweep.mesh_from_arguments(args)  # before anything else runs on a device
     fast = args.fast or sweep.fast_mode()
 
+    try:
+        sweep.check_dataset(args.dataset)
+    except ValueError as err:
+        print(f"alpha_ablation.py: error: {err}", file=sys.stderr)
+        return 2
     ratings = sweep.load_dataset(args.dataset)
     budget = args.budget
     if budget is None:

@@ -55,6 +55,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def config_from(args) -> sweep.SweepConfig:
+    sweep.check_dataset(args.dataset)
     config = sweep.SweepConfig(
         dataset=args.dataset, model=args.model, budgets=tuple(args.budgets), dims=tuple(args.dims),
         alphas=tuple(args.alphas), blocks=args.blocks, seeds=tuple(args.seeds), l2_grid=tuple(args.l2),

@@ -37,6 +37,7 @@ __all__ = [
     "COLUMNS",
     "SweepConfig",
     "fast_mode",
+    "check_dataset",
     "load_dataset",
     "mesh_from_arguments",
     "natural_budgets",
@@ -167,8 +168,17 @@ class SweepConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
+def check_dataset(name: str) -> None:
+    """Raise ``ValueError`` unless :func:`load_dataset` knows ``name`` (checked before any work)."""
+    if name in data.MOVIELENS or name == "synthetic" or Path(name).is_file():
+        return
+    raise ValueError(f"dataset must be a MovieLens name ({', '.join(data.MOVIELENS)}), a ratings file, or "
+                     f"'synthetic'; got {name!r}" + (" (no such file)" if ("/" in name or "." in name) else ""))
+
+
 def load_dataset(name: str, synthetic: dict | None = None, data_dir=None):
     """A MovieLens name, a ratings file, or ``"synthetic"`` (MovieLens-20M-like popularity)."""
+    check_dataset(name)
     if name in data.MOVIELENS:
         return data.load_movielens(name, data_dir=data_dir)
     if name == "synthetic":
@@ -176,10 +186,7 @@ def load_dataset(name: str, synthetic: dict | None = None, data_dir=None):
                       item_zipf=1.0, spectrum_decay=1.0, noise=0.8, seed=0)
         kwargs.update(synthetic or {})
         return data.synthetic(**kwargs)[0]
-    if Path(name).is_file():
-        return data.read_ratings(name)
-    raise ValueError(f"dataset must be a MovieLens name ({', '.join(data.MOVIELENS)}), a ratings file, or "
-                     f"'synthetic'; got {name!r}")
+    return data.read_ratings(name)
 
 
 def natural_budgets(train, kind: str, dims: Iterable[int], **model_kwargs) -> list[int]:
@@ -326,7 +333,8 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
     one only in its grid lists (seeds, budgets, dims, alphas, l2_grid,
     learning_rates) extends the sweep: the saved configuration becomes the union
     of both and only the missing runs are trained. Any other difference is
-    refused (the runs would not be comparable).
+    refused (the runs would not be comparable), unless the folder holds no
+    finished run yet: then the new configuration replaces the saved one.
 
     With a ``mesh`` (:func:`mdcf.sharding.make_mesh`) every run trains on it
     (batches split over its ``data`` axis; a ``model`` axis larger than one
@@ -338,17 +346,18 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
+    results_path = out_dir / "results.csv"
+    previous = read_results(results_path)
     saved = config
-    if config_path.is_file():
+    if config_path.is_file() and previous:  # with no finished run, the saved settings bind nothing
         saved = _merge_configs(json.loads(config_path.read_text()), config, config_path)
+    if ratings is None:  # before config.json is written: a data set that fails to load leaves no trace
+        ratings = load_dataset(config.dataset, config.synthetic)
     writer = jax.process_index() == 0
     if writer:
         with io.atomic_write(config_path, "w") as f:
             f.write(saved.to_json())
-    results_path = out_dir / "results.csv"
-    done = {_key(r) for r in read_results(results_path)}
-    if ratings is None:
-        ratings = load_dataset(config.dataset, config.synthetic)
+    done = {_key(r) for r in previous}
     model_kwargs: dict = {}
     bar = None
     total_runs = len(config.seeds) * (len(config.budgets) or len(config.dims)) * len(config.alphas) * \

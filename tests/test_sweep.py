@@ -77,6 +77,19 @@ def test_sweep_rows_resume_and_selection(ratings, tmp_path):
     assert saved["l2_grid"] == list(config.l2_grid) + [0.3]
 
 
+def test_settings_bind_a_folder_only_once_a_run_finished(ratings, tmp_path):
+    # A data set that fails to load writes nothing; a folder with settings but no finished
+    # run (a failed or killed start) takes new settings instead of refusing them.
+    with pytest.raises(ValueError, match="got 'no-such-set'"):
+        sweep.run_sweep(small_config(dataset="no-such-set"), tmp_path, progress=False)
+    assert not (tmp_path / "config.json").exists()
+    (tmp_path / "config.json").write_text(small_config(epochs=9).to_json())
+    rows = sweep.run_sweep(small_config(dims=(4,), l2_grid=(0.1,)), tmp_path, ratings=ratings, progress=False)
+    assert len(rows) == 2 and json.loads((tmp_path / "config.json").read_text())["epochs"] == 3
+    with pytest.raises(ValueError, match="other settings .*epochs: saved 3, now 9"):
+        sweep.run_sweep(small_config(epochs=9), tmp_path, ratings=ratings, progress=False)
+
+
 def test_infeasible_cells_are_recorded(ratings, tmp_path):
     rows = sweep.run_sweep(small_config(dims=(1,), alphas=(0.5,), blocks=3, base_dims=(64,), l2_grid=(0.1,)),
                            tmp_path, ratings=ratings, progress=False)
@@ -159,6 +172,12 @@ def test_experiment_scripts_turn_bad_arguments_into_usage_errors(tmp_path):
     assert done.returncode == 2
     assert "budget_sweep.py: error: SweepConfig: epochs must be an integer >= 1, got 0" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+    for script in ("budget_sweep.py", "alpha_ablation.py"):  # a typo in the data set: refused before any work
+        done = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--dataset", "ml-100", "--out",
+                               str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 2, done.stderr
+        assert f"{script}: error: dataset must be a MovieLens name" in done.stderr and "got 'ml-100'" in done.stderr
+        assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
     report = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path / "nothing")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert report.returncode == 2 and "no results.csv in" in report.stderr and not report.stdout
