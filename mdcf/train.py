@@ -1046,6 +1046,7 @@ def _check_fit_args(**values) -> None:
         "epochs": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
         "batch_size": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
         "start_epoch": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
+        "seed": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
         "patience": ("None or an integer >= 1", lambda v: v is None or (is_int(v) and v >= 1)),
         "l2": ("a finite number >= 0", lambda v: is_real(v) and v >= 0),
         "learning_rate": ("a finite number > 0", lambda v: v is None or (is_real(v) and v > 0)),
@@ -1138,9 +1139,15 @@ def fit(
     """
     from . import data as data_, io as io_
 
-    _check_fit_args(epochs=epochs, batch_size=batch_size, start_epoch=start_epoch, patience=patience, l2=l2,
-                    learning_rate=None if opt is not None else learning_rate,
+    _check_fit_args(epochs=epochs, batch_size=batch_size, start_epoch=start_epoch, seed=seed, patience=patience,
+                    l2=l2, learning_rate=None if opt is not None else learning_rate,
                     weight_decay=None if opt is not None else weight_decay)
+    if start_epoch > epochs:
+        raise ValueError(f"fit: start_epoch={start_epoch} is past epochs={epochs}")
+    callbacks = tuple(callbacks)
+    if not all(callable(c) for c in callbacks):
+        raise TypeError(f"fit: callbacks must be callables callback(epoch, logs, state), got "
+                        f"{[c for c in callbacks if not callable(c)][:3]!r}")
     if initial_state is not None:
         models.check_params(model.config, initial_state.params, "fit: initial_state.params")
     if sparse not in (True, False, "auto"):

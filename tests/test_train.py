@@ -456,13 +456,24 @@ def test_predict_on_original_ids_with_fallback(small_data):
 @pytest.mark.parametrize("argument, value", [
     ("epochs", 0), ("epochs", -1), ("epochs", 2.5), ("batch_size", 0), ("learning_rate", float("nan")),
     ("learning_rate", 0.0), ("l2", -0.1), ("l2", float("inf")), ("weight_decay", -1.0), ("patience", 0),
-    ("start_epoch", -1), ("validation", 1.5), ("validation", 0), ("sparse", "yes"),
+    ("start_epoch", -1), ("validation", 1.5), ("validation", 0), ("sparse", "yes"), ("seed", -1), ("seed", 1.5),
 ])
 def test_fit_refuses_arguments_out_of_range(small_data, argument, value):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "mf", dim=4)
     with pytest.raises(ValueError, match=rf"fit: {argument} must be .*, got {value!r}"):
         train.fit(model, train_part, progress=False, **{argument: value})
+
+
+def test_fit_refuses_a_start_past_the_end_and_callbacks_that_cannot_be_called(small_data):
+    # Both before any training: a start past the end would return the untrained state, and
+    # a bad callback would fail only after the first epoch.
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=4)
+    with pytest.raises(ValueError, match="start_epoch=5 is past epochs=2"):
+        train.fit(model, train_part, epochs=2, start_epoch=5, progress=False)
+    with pytest.raises(TypeError, match=r"callbacks must be callables .*got \[1\]"):
+        train.fit(model, train_part, epochs=2, callbacks=[print, 1], progress=False)
 
 
 def test_fit_refuses_empty_training_and_validation_sets(small_data):
