@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, NamedTuple
@@ -73,11 +74,21 @@ class MDSpec:
     loads: tuple[float, ...] | None = None
 
     def __post_init__(self):
+        def whole(value) -> int:  # int(2.5) would silently give 2
+            if isinstance(value, (bool, np.bool_)):
+                raise TypeError
+            try:
+                return operator.index(value)
+            except TypeError:
+                if isinstance(value, (float, np.floating)) and float(value).is_integer():
+                    return int(value)
+                raise
+
         try:
-            sizes = tuple(int(s) for s in self.sizes)
-            dims = tuple(int(d) for d in self.dims)
-            base_dim = int(self.base_dim)
-        except (TypeError, ValueError):
+            sizes = tuple(whole(s) for s in self.sizes)
+            dims = tuple(whole(d) for d in self.dims)
+            base_dim = whole(self.base_dim)
+        except TypeError:
             raise TypeError(
                 f"MDSpec needs integer sizes, dims and base_dim, got {self.sizes!r}, {self.dims!r}, {self.base_dim!r}"
             ) from None

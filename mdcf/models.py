@@ -351,6 +351,9 @@ def build_model(
       round_pow2, biases, layers, negative_slope, init_stddev: see :class:`ModelConfig`
         and :func:`mdcf.sizing.solve_budget`.
     """
+    if not all(hasattr(train, name) for name in ("user_counts", "item_counts", "ratings", "user_ids")):
+        raise TypeError(f"build_model: train must be mdcf.data.Ratings (data.load_movielens, data.from_dataframe, "
+                        f"...), got {type(train).__name__}")
     if len(train) == 0:
         raise ValueError("build_model: train holds no ratings; the blocking, the dimensions and the global "
                          "mean are all taken from the training ratings")

@@ -390,6 +390,15 @@ def test_spec_validation(args, message):
         MDSpec(("a",), (1,), 2)
 
 
+@pytest.mark.parametrize("args", [((10.7,), (4,), 4), ((10,), (2.5,), 4), ((10,), (4,), 4.5), ((True,), (1,), 1),
+                                  ((10,), (4,), "4")])
+def test_spec_refuses_non_integers_instead_of_truncating(args):
+    with pytest.raises(TypeError, match="MDSpec needs integer sizes, dims and base_dim"):
+        MDSpec(*args)
+    # Whole floats and numpy integers are integers.
+    assert MDSpec((10.0, np.int64(3)), (np.uint8(4), 2.0), np.int32(4)) == MDSpec((10, 3), (4, 2), 4)
+
+
 def test_params_are_a_pytree():
     spec = MDSpec((3, 9), (4, 2), 4)
     params = init(jax.random.key(0), spec)

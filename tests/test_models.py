@@ -124,3 +124,11 @@ def test_apply_with_capacity_none_supports_forward_mode():
     grads = jax.grad(lambda p: jnp.sum(models.apply(p, config, users, items) * weights))(params)
     adjoint = sum(float(jnp.vdot(g, v)) for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
     np.testing.assert_allclose(float(jnp.vdot(tangent, weights)), adjoint, rtol=1e-4)
+
+
+def test_build_model_names_what_it_needs():
+    with pytest.raises(TypeError, match="train must be mdcf.data.Ratings .*got ndarray"):
+        models.build_model(np.zeros(3), "mf", dim=4)
+    ratings = data.synthetic(40, 30, 300, rank=2, seed=0)[0]
+    with pytest.raises(TypeError, match="MDSpec needs integer"):
+        models.build_model(ratings, "mf", dim=2.5)  # not silently a 2-dimensional model
