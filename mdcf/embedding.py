@@ -797,8 +797,9 @@ def lookup_bag(
         weights = jnp.asarray(weights, vectors.dtype)
         if weights.shape != ids.shape:
             raise ValueError(f"weights have shape {weights.shape}, ids {ids.shape}")
-        weight = weight * weights
-    total = jnp.sum(vectors * weight[..., None], axis=-2)
+        weight = jnp.where(present, weights, 0)  # a select, not a product: NaN weights of padding stay out
+    # Padding reads row 0: selected out rather than multiplied by 0, which a non-finite row would survive.
+    total = jnp.sum(jnp.where(present[..., None], vectors * weight[..., None], 0), axis=-2)
     if mode == "mean":
         norm = jnp.sum(weight, axis=-1, keepdims=True)
         total = total / jnp.where(norm == 0, 1, norm)

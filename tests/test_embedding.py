@@ -328,6 +328,13 @@ def test_lookup_bag_matches_naive():
         lookup_bag(params, spec, ids, mode="max")
     with pytest.raises(IndexError):
         lookup_bag(params, spec, np.array([[16]]))
+    # Padding's weights are ignored, whatever they hold, and so is the row padding reads.
+    junk = np.where(ids < 0, np.nan, weights).astype(np.float32)
+    junk[1, 1] = np.inf
+    for mode, want in (("sum", want_sum), ("mean", want_mean)):
+        np.testing.assert_allclose(lookup_bag(params, spec, ids, junk, mode=mode), want, rtol=1e-5, atol=1e-6)
+    broken = params._replace(tables=(params.tables[0].at[0].set(jnp.inf),) + params.tables[1:])
+    np.testing.assert_allclose(lookup_bag(broken, spec, np.array([[7, -1]]))[0], vectors[0, 1], rtol=1e-5)
 
 
 def test_init_scale_and_param_count():
