@@ -112,6 +112,27 @@ def _crc32(array: np.ndarray) -> int:
     return zlib.crc32(_byte_view(array))
 
 
+def _dtype_tag(dtype: np.dtype, name: str) -> str:
+    """How the header records ``dtype``: numpy's type string, or for the extended
+    floats JAX uses (bfloat16, float8 types from ``ml_dtypes``), whose type string
+    is a bare void ``'<V2'``, their name."""
+    if dtype.kind != "V":
+        return dtype.str
+    import ml_dtypes
+
+    if dtype.names is None and isinstance(getattr(ml_dtypes, dtype.name, None), type):
+        return dtype.name
+    raise TypeError(f"write_arrays: array {name!r} has dtype {dtype}, which cannot be stored; "
+                    "use numbers or fixed-width strings")
+
+
+def _dtype_from_tag(tag: str) -> np.dtype:
+    import ml_dtypes
+
+    extended = getattr(ml_dtypes, tag, None) if tag.isidentifier() else None
+    return np.dtype(extended) if isinstance(extended, type) else np.dtype(tag)
+
+
 def write_arrays(
     path: os.PathLike | str,
     arrays: Mapping[str, np.ndarray],
@@ -137,7 +158,7 @@ def write_arrays(
         entries.append(
             {
                 "name": str(name),
-                "dtype": array.dtype.str,
+                "dtype": _dtype_tag(array.dtype, name),
                 "shape": list(array.shape),
                 "nbytes": int(array.nbytes),
                 "crc32": _crc32(array),
@@ -218,7 +239,7 @@ def read_arrays(path: os.PathLike | str) -> tuple[dict[str, np.ndarray], dict[st
         arrays = {}
         for entry in entries:
             try:
-                dtype = np.dtype(entry["dtype"])
+                dtype = _dtype_from_tag(entry["dtype"])
                 shape = tuple(int(s) for s in entry["shape"])
                 array = np.empty(shape, dtype=dtype)
                 if array.nbytes != entry["nbytes"]:

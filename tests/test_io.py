@@ -138,3 +138,19 @@ def test_object_arrays_are_refused(tmp_path):
     with pytest.raises(TypeError, match="dtype object"):
         io.write_arrays(tmp_path / "o.mdcf", {"o": np.array([1, "a"], dtype=object)})
     assert not (tmp_path / "o.mdcf").exists()
+    for bad in (np.zeros(2, "V3"), np.zeros(2, [("x", "<i4")])):  # raw bytes and records: their layout would be lost
+        with pytest.raises(TypeError, match="cannot be stored"):
+            io.write_arrays(tmp_path / "v.mdcf", {"v": bad})
+
+
+def test_extended_floats_keep_their_dtype(tmp_path):
+    # numpy's type string for bfloat16 and the float8 types is a bare '<V2' / '|V1': read back
+    # from it, a half-precision table would come back as raw bytes.
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    arrays = {"bf16": np.arange(-3, 5, dtype=np.float32).astype(ml_dtypes.bfloat16).reshape(2, 4),
+              "f8": np.linspace(-2, 2, 5).astype(ml_dtypes.float8_e4m3fn), "f16": np.ones(3, np.float16)}
+    io.write_arrays(tmp_path / "x.mdcf", arrays)
+    back, _ = io.read_arrays(tmp_path / "x.mdcf")
+    for name, array in arrays.items():
+        assert back[name].dtype == array.dtype and back[name].shape == array.shape
+        np.testing.assert_array_equal(back[name].astype(np.float32), array.astype(np.float32))
