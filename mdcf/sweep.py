@@ -329,12 +329,15 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
     """Run (or resume) a sweep; returns all result rows, including earlier ones.
 
     Writes ``config.json`` and ``results.csv`` in ``out_dir``. A rerun with the
-    same folder skips finished runs. A configuration that differs from the saved
-    one only in its grid lists (seeds, budgets, dims, alphas, l2_grid,
-    learning_rates) extends the sweep: the saved configuration becomes the union
-    of both and only the missing runs are trained. Any other difference is
-    refused (the runs would not be comparable), unless the folder holds no
-    finished run yet: then the new configuration replaces the saved one.
+    same folder skips finished runs. A run whose training diverges is recorded
+    with status ``diverged`` (and skipped by :func:`select`); the sweep goes on.
+
+    A configuration that differs from the saved one only in its grid lists
+    (seeds, budgets, dims, alphas, l2_grid, learning_rates) extends the sweep:
+    the saved configuration becomes the union of both and only the missing runs
+    are trained. Any other difference is refused (the runs would not be
+    comparable), unless the folder holds no finished run yet: then the new
+    configuration replaces the saved one.
 
     With a ``mesh`` (:func:`mdcf.sharding.make_mesh`) every run trains on it
     (batches split over its ``data`` axis; a ``model`` axis larger than one
@@ -388,7 +391,11 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
                         if model is None:
                             row.update(status=f"infeasible: {reason}"[:300])
                         else:
-                            row.update(_train_one(model, fit_part, val, test, config, seed, l2, lr, mesh))
+                            try:
+                                row.update(_train_one(model, fit_part, val, test, config, seed, l2, lr, mesh))
+                            except train.TrainingDivergedError as err:  # a grid point, not the sweep, fails
+                                row.update(status=f"diverged: {err}"[:300])
+                                log(f"budget {budget:,}, alpha {alpha:g}, seed {seed}, l2 {l2:g}, lr {lr:g}: {err}")
                         if writer:
                             _append(results_path, row)
                         done.add(_key(row))

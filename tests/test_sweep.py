@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mdcf import data, models, plots, sweep
+from mdcf import data, models, plots, sweep, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +88,27 @@ def test_settings_bind_a_folder_only_once_a_run_finished(ratings, tmp_path):
     assert len(rows) == 2 and json.loads((tmp_path / "config.json").read_text())["epochs"] == 3
     with pytest.raises(ValueError, match="other settings .*epochs: saved 3, now 9"):
         sweep.run_sweep(small_config(epochs=9), tmp_path, ratings=ratings, progress=False)
+
+
+def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(ratings, tmp_path, monkeypatch):
+    real_fit = train.fit
+
+    def fit(model, *args, learning_rate, **kwargs):  # the large learning rate diverges
+        if learning_rate > 1:
+            raise train.TrainingDivergedError("the training loss is nan at epoch 1")
+        return real_fit(model, *args, learning_rate=learning_rate, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit)
+    config = small_config(dims=(4,), alphas=(0.0, 0.5), l2_grid=(0.1,), learning_rates=(10.0, 3e-3))
+    logged = []
+    rows = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False, log=logged.append)
+    assert [(r["alpha"], r["learning_rate"], r["status"].split(":")[0]) for r in rows] == [
+        (0.0, 10.0, "diverged"), (0.0, 3e-3, "ok"), (0.5, 10.0, "diverged"), (0.5, 3e-3, "ok")]
+    assert len(logged) == 2 and "loss is nan" in logged[0]
+    assert {r["learning_rate"] for r in sweep.select(rows)} == {3e-3}
+    again = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False)  # diverged runs are not retried
+    assert [(r["status"], r["seconds"] if r["status"] == "ok" else None) for r in again] == [
+        (r["status"], r["seconds"] if r["status"] == "ok" else None) for r in rows]
 
 
 def test_infeasible_cells_are_recorded(ratings, tmp_path):
