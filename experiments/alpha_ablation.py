@@ -81,6 +81,9 @@ def main(argv=None) -> int:
     for r in chosen:
         print(f"{r['alpha']:>6g} {r['seed']:>4} {r['params']:>9,} {r['train_mse_popular']:>9.4f} "
               f"{r['train_mse_rare']:>10.4f} {r['test_mse_popular']:>9.4f} {r['test_mse_rare']:>9.4f} {r['test_mse']:>9.4f}")
+    if not chosen:
+        print(f"\nresults: {out / 'results.csv'}\nno finished run to plot")
+        return 0
     figure = plots.alpha_ablation(results, title=f"{args.dataset} {args.model}, {budget:,} parameters")
     paths = plots.save(figure, out / "alpha_ablation")
     print(f"\nresults: {out / 'results.csv'}\nplot:    {paths[0]} (and .pdf)")

@@ -96,6 +96,9 @@ def main(argv=None) -> int:
         cells = sorted({(r["budget"], r["alpha"]) for r in infeasible})
         print(f"no MD model fits {len(cells)} (budget, alpha) cells, e.g. budget {cells[0][0]:,} alpha {cells[0][1]:g}: "
               f"{infeasible[0]['status']}")
+    if not sweep.select(rows):
+        print(f"\nresults: {out / 'results.csv'}\nno finished run to plot")
+        return 0
     figure = plots.budget_curves(rows, title=f"{config.dataset} {config.model}: test MSE vs parameters")
     paths = plots.save(figure, out / "budget_curves")
     print(f"\nresults: {out / 'results.csv'}\nplot:    {paths[0]} (and .pdf)")

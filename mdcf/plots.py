@@ -44,8 +44,11 @@ def _by_alpha(rows, metric):
 def budget_curves(rows, metric: str = "test_mse", ax=None, title: str | None = None):
     """Test MSE against the number of parameters (log x), one curve per alpha (0 is uniform),
     mean +- std over seeds of each cell's best-validation run (the paper's Fig. 3a/3d)."""
+    curves = _by_alpha(rows, metric)
+    if not curves:
+        raise ValueError("budget_curves: no finished run to plot (every run is infeasible or diverged, or none ran)")
     fig, ax = _axes(ax)
-    for alpha, points in _by_alpha(rows, metric).items():
+    for alpha, points in curves.items():
         params, mean, std = (np.array(v) for v in zip(*points))
         label = "uniform (alpha = 0)" if alpha == 0 else f"MD, alpha = {alpha:g}"
         style = dict(color="black", linestyle="--", marker="s") if alpha == 0 else dict(marker="o")
@@ -68,11 +71,13 @@ def alpha_ablation(rows, axes=None, title: str | None = None):
     (the paper's Fig. 3c/3f), mean +- std over seeds of each cell's best-validation run."""
     import matplotlib.pyplot as plt
 
+    chosen = select(rows)
+    if not chosen:
+        raise ValueError("alpha_ablation: no finished run to plot (every run is infeasible or diverged, or none ran)")
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0))
     else:
         fig = axes[0].figure
-    chosen = select(rows)
     alphas = sorted({r["alpha"] for r in chosen})
     for ax, third in zip(axes, ("popular", "rare")):
         for split, style in (("train", "-o"), ("test", "--s")):

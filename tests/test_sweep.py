@@ -146,6 +146,10 @@ def test_plots_write_png_and_pdf(ratings, tmp_path):
     plots.save(plots.frequency_curve(ratings.item_counts(), blocking.equipartition(ratings.item_counts(), 3)),
                tmp_path / "freq")
     assert (tmp_path / "freq.png").is_file()
+    unfinished = [{**r, "status": "diverged: nan"} for r in rows]  # nothing to plot: said, not an empty figure
+    for plot in (plots.budget_curves, plots.alpha_ablation):
+        with pytest.raises(ValueError, match="no finished run to plot"):
+            plot(unfinished)
 
 
 def test_ablation_budget_keeps_parameters_per_row():
