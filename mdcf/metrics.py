@@ -16,16 +16,18 @@ def _pair(pred, target, where: str) -> tuple[np.ndarray, np.ndarray]:
     return pred, target
 
 
+def _mean_squared(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.mean((pred - target) ** 2)) if pred.size else math.nan
+
+
 def mse(pred, target) -> float:
     """Mean squared error (NaN for no predictions). ``pred`` and ``target`` have one shape."""
-    pred, target = _pair(pred, target, "mse")
-    return float(np.mean((pred - target) ** 2)) if pred.size else math.nan
+    return _mean_squared(*_pair(pred, target, "mse"))
 
 
 def rmse(pred, target) -> float:
     """Root mean squared error."""
-    pred, target = _pair(pred, target, "rmse")
-    return math.sqrt(mse(pred, target))
+    return math.sqrt(_mean_squared(*_pair(pred, target, "rmse")))
 
 
 def mae(pred, target) -> float:

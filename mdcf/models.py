@@ -38,6 +38,7 @@ import numpy as np
 from . import blocking as blocking_
 from . import embedding
 from . import sizing
+from .data import Ratings
 from .embedding import MDParams, MDSpec
 
 __all__ = ["KINDS", "ModelConfig", "Model", "init", "embed", "head", "apply", "num_params", "build_model"]
@@ -351,7 +352,7 @@ def build_model(
       round_pow2, biases, layers, negative_slope, init_stddev: see :class:`ModelConfig`
         and :func:`mdcf.sizing.solve_budget`.
     """
-    if not all(hasattr(train, name) for name in ("user_counts", "item_counts", "ratings", "user_ids")):
+    if not isinstance(train, Ratings):
         raise TypeError(f"build_model: train must be mdcf.data.Ratings (data.load_movielens, data.from_dataframe, "
                         f"...), got {type(train).__name__}")
     if len(train) == 0:
