@@ -23,6 +23,17 @@ taken within the round, so that the machine's slow and fast spells hit both
 sides of it alike; the median over rounds is reported, with the range for the
 two targets.
 
+Memory is reused from call to call, as in a training loop (``--allocator steady``,
+the default): on Linux the script runs itself again with glibc tunables that keep
+freed memory in one arena and map any fresh memory in transparent huge pages. With
+glibc's defaults (``--allocator system``), buffers above 32 MB (and, depending on
+the process's history, smaller ones) are returned to the system after every call
+and mapped afresh on the next, and every first touch of a 4 KB page faults: at
+10^6 rows that made up more than half of the uniform step's time (1M rows, batch
+65,536: about 200 ms per call of four batches with the faults, 75-80 ms without),
+and it came and went between runs at 10^5 rows. The ``faults`` column gives the page
+faults per timed call (the most of any variant): near 0 when memory is reused.
+
 Targets on a 2-core CPU: MD <= 1.5x the uniform step at the same d0; MD with 8x
 fewer parameters <= 1.0x.
 
@@ -42,6 +53,7 @@ Usage::
 
     python benchmarks/bench_embedding.py            # full grid (several minutes)
     python benchmarks/bench_embedding.py --quick    # three configurations
+    python benchmarks/bench_embedding.py --allocator system   # glibc's defaults: page faults on every call
     pip install torch --index-url https://download.pytorch.org/whl/cpu
     python benchmarks/bench_embedding.py --rows 1e4 1e5 --torch
 """
@@ -51,9 +63,30 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import sys
 import time
 
 import numpy as np
+
+# glibc's allocator hands large freed blocks (above 32 MB, or above a threshold that
+# moves with the process's history) back to the system and maps them afresh on the next
+# call, whose first touch of every 4 KB page then faults: a uniform table's gradient
+# (256 MB at 10^6 rows) costs more in page faults than in arithmetic, and whether a
+# 30-60 MB buffer faults changes from run to run. A training loop reuses its memory, so
+# by default this script runs with freed memory kept in one arena for reuse, and any
+# fresh mapping in transparent huge pages (where the system allows them).
+_STEADY_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=1099511627776:"
+                    "glibc.malloc.trim_threshold=1099511627776:glibc.malloc.hugetlb=1")
+_STEADY_FLAG = "MDCF_BENCH_STEADY_ALLOCATOR"
+
+
+def _page_faults() -> int:
+    """Minor page faults of this process so far (0 where the system does not say)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix system
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def main() -> None:
@@ -67,7 +100,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--quick", action="store_true", help="three configurations only")
     parser.add_argument("--torch", action="store_true", help="also time PyTorch's table and a dlrm-style MD layer")
+    parser.add_argument("--allocator", choices=("steady", "system"), default="steady",
+                        help="steady (default): keep freed memory in the process, as in a training loop; "
+                             "system: the C library's defaults (see the module docstring)")
     args = parser.parse_args()
+    if args.allocator == "steady" and os.environ.get(_STEADY_FLAG) != "1":
+        # glibc reads these at start-up: run this script again with them set.
+        tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), _STEADY_TUNABLES]))
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  {**os.environ, "GLIBC_TUNABLES": tunables, _STEADY_FLAG: "1"})
     if args.torch:
         try:
             import torch
@@ -160,10 +201,11 @@ def main() -> None:
     rows_out = []
     torch_rows = []
     print(f"bench_embedding: d0={d0}, alpha={args.alpha}, Zipf {args.zipf}, {os.cpu_count()} CPUs, "
+          f"{args.allocator} allocator, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}; uniform: ms per batch of forward+backward "
           f"(median of {args.rounds} rounds); the others: median (range) of per-round ratios to it")
     header = (f"{'rows':>9} {'batch':>6} {'k':>3} | {'uniform':>8} | {'MD params':>9} {'MD':>6} {'range':>9} | "
-              f"{'MD/8 params':>11} {'MD/8':>6} {'range':>9} | {'fwd MD':>6} {'fwd pre':>7} | {'temp MB':>11}")
+              f"{'MD/8 params':>11} {'MD/8':>6} {'range':>9} | {'fwd MD':>6} {'fwd pre':>7} | {'temp MB':>11} | {'faults':>8}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
@@ -203,13 +245,19 @@ def main() -> None:
         variants["uniform"]()
         reps = max(1, int(0.03 / max(time.perf_counter() - start, 1e-6)))
         times = {name: [] for name in variants}
+        faults = {name: [] for name in variants}
         order = list(variants)
         for round_ in range(args.rounds):
             for name in (order if round_ % 2 == 0 else order[::-1]):
+                before = _page_faults()
                 start = time.perf_counter()
                 for _ in range(reps):
                     variants[name]()
                 times[name].append(time.perf_counter() - start)
+                faults[name].append((_page_faults() - before) / reps)
+        # Page faults per call, the most of any variant (median over rounds): near 0 when
+        # memory is reused, about one per 4 KB of temporaries when it is mapped afresh.
+        faults_per_call = max(float(np.median(f)) for f in faults.values())
         times = {name: np.asarray(t) / reps for name, t in times.items()}
         uniform_ms = float(np.median(times["uniform"])) / steps * 1e3
         ratios = {name: times[name] / times[base] for name, base in
@@ -228,14 +276,16 @@ def main() -> None:
         print(f"{n:>9,} {batch:>6} {k:>3} | {uniform_ms:>8.2f} | {share:>9.3f} {ratio['md']:>5.2f}x {spread['md']:>9} | "
               f"{share_small:>11.3f} {ratio['small']:>5.2f}x {spread['small']:>9} | "
               f"{ratio['md_fwd']:>5.2f}x {ratio['pre_fwd']:>6.2f}x | "
-              f"{'/'.join(f'{variants[v].temp_mb:.0f}' for v in ('uniform', 'md', 'small')):>11}", flush=True)
+              f"{'/'.join(f'{variants[v].temp_mb:.0f}' for v in ('uniform', 'md', 'small')):>11} | "
+              f"{faults_per_call:>8.0f}", flush=True)
     met_md = sum(r[3] <= 1.5 for r in rows_out)
     met_small = sum(r[4] <= 1.0 for r in rows_out)
     print(f"\nMD at the same d0 <= 1.5x uniform: {met_md}/{len(rows_out)} configurations")
     print(f"MD with 8x fewer parameters <= 1.0x uniform: {met_small}/{len(rows_out)} configurations")
     print("MD params / MD/8 params: parameter count relative to the uniform table (projections included); "
           "fwd: forward-only time relative to the uniform forward; pre: gathers from the pre-projected table; "
-          "temp MB: the compiled forward+backward's temporary buffers, uniform/MD/MD/8 (allocated on every call)")
+          "temp MB: the compiled forward+backward's temporary buffers, uniform/MD/MD/8 (allocated on every call); "
+          "faults: page faults per timed call, the most of any variant")
     if torch_rows:
         print(f"\nPyTorch {torch.__version__} ({torch.get_num_threads()} threads), the same batches: ms per batch "
               "of forward+backward (medians); ratios: medians of per-round ratios")
