@@ -30,7 +30,7 @@ glibc's defaults (``--allocator system``), buffers above 32 MB (and, depending o
 the process's history, smaller ones) are returned to the system after every call
 and mapped afresh on the next, and every first touch of a 4 KB page faults: at
 10^6 rows that made up more than half of the uniform step's time (1M rows, batch
-65,536: about 200 ms per call of four batches with the faults, 75-80 ms without),
+65,536: 170-210 ms per call of four batches with the faults, 70-85 ms without),
 and it came and went between runs at 10^5 rows. The ``faults`` column gives the page
 faults per timed call (the most of any variant): near 0 when memory is reused.
 
@@ -104,6 +104,8 @@ def main() -> None:
                         help="steady (default): keep freed memory in the process, as in a training loop; "
                              "system: the C library's defaults (see the module docstring)")
     args = parser.parse_args()
+    if not sys.platform.startswith("linux"):
+        args.allocator = "system"  # the tunables are glibc's
     if args.allocator == "steady" and os.environ.get(_STEADY_FLAG) != "1":
         # glibc reads these at start-up: run this script again with them set.
         tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), _STEADY_TUNABLES]))
