@@ -11,7 +11,16 @@ forward+backward time per batch of
 as ratios to the uniform time, plus forward-only (inference) ratios for the MD
 layer and for its pre-projected table (:func:`mdcf.embedding.materialize`, one
 gather with :func:`mdcf.embedding.take_rows`), and the memory each compiled
-forward+backward takes for its temporary buffers. Rows are frequency-sorted
+forward+backward takes for its temporary buffers.
+
+The ``prod`` columns time, for each MD layer, its projection products alone: per
+projected block ``E_i[rows] @ P_i`` and the two gradient products, on as many rows as
+the batch has distinct ids in the block, and nothing else (no gather, scatter or
+grouping of ids). Every exact MD step runs at least these products, so this ratio is a
+floor under the MD ratio as XLA runs the products on this machine: where it nears the
+target, no arrangement of the rest of the step meets it.
+
+Rows are frequency-sorted
 with Zipf popularity and cut into equal-mass blocks; ids are drawn from that
 popularity. Each variant is timed on the same batches, four to a jitted call, with
 the projections rescaled between batches by a factor the compiler cannot see is
@@ -22,6 +31,14 @@ variant once, in turn (the order reversed every other round), and a ratio is
 taken within the round, so that the machine's slow and fast spells hit both
 sides of it alike; the median over rounds is reported, with the range for the
 two targets.
+
+Each forward+backward variant is compiled ``--copies`` times (3 by default), each copy
+with its own executable and parameter buffers, and a round times every copy and takes
+their median. Where a program's buffers land in memory changes its speed: two copies of
+the same MD layer with 8x fewer parameters, timed in the same rounds (10^5 rows, batch
+4,096, k=16), took 1.56x and 1.21x the uniform time in one process, 1.41x and 1.18x in
+another. With one copy a ratio near a target falls on either side of it from run to run;
+the median of three copies is steadier.
 
 Memory is reused from call to call, as in a training loop (``--allocator steady``,
 the default): on Linux the script runs itself again with glibc tunables that keep
@@ -53,6 +70,7 @@ Usage::
 
     python benchmarks/bench_embedding.py            # full grid (several minutes)
     python benchmarks/bench_embedding.py --quick    # three configurations
+    python benchmarks/bench_embedding.py --copies 1 # one copy of each variant (faster, noisier)
     python benchmarks/bench_embedding.py --allocator system   # glibc's defaults: page faults on every call
     pip install torch --index-url https://download.pytorch.org/whl/cpu
     python benchmarks/bench_embedding.py --rows 1e4 1e5 --torch
@@ -98,12 +116,17 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--zipf", type=float, default=1.0, help="popularity exponent of the rows")
     parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--copies", type=int, default=3,
+                        help="compiled copies of each forward+backward variant, timed in every round "
+                             "(the median of the copies is taken; see the module docstring)")
     parser.add_argument("--quick", action="store_true", help="three configurations only")
     parser.add_argument("--torch", action="store_true", help="also time PyTorch's table and a dlrm-style MD layer")
     parser.add_argument("--allocator", choices=("steady", "system"), default="steady",
                         help="steady (default): keep freed memory in the process, as in a training loop; "
                              "system: the C library's defaults (see the module docstring)")
     args = parser.parse_args()
+    if args.copies < 1 or args.rounds < 1:
+        parser.error(f"--copies and --rounds must be at least 1, got {args.copies} and {args.rounds}")
     if not sys.platform.startswith("linux"):
         args.allocator = "system"  # the tunables are glibc's
     if args.allocator == "steady" and os.environ.get(_STEADY_FLAG) != "1":
@@ -167,6 +190,42 @@ def main() -> None:
         call.temp_mb = float("nan") if memory is None else memory.temp_size_in_bytes / 1e6
         return call
 
+    def products_timed(spec, params, ids, cotangent):
+        """The projection products alone: per projected block ``i``, ``E_i[rows] @ P_i`` and the
+        gradient products ``G @ P_i^T`` and ``E_i[rows]^T @ G``, on as many rows as the batch
+        has distinct ids in the block (the mean over the call's batches). Any exact MD step
+        runs at least these, so their time is a floor under the MD step's, as XLA runs them."""
+        batches = np.asarray(ids)
+        bounds = np.asarray(spec.offsets[1:] + (spec.n_rows,))
+        distinct = np.mean([np.bincount(np.searchsorted(bounds, np.unique(b), side="right"),
+                                        minlength=spec.n_blocks) for b in batches], axis=0)
+        chosen = [(i, int(distinct[i])) for i in range(spec.n_blocks)
+                  if spec.projected[i] and int(distinct[i]) > 0]
+        # Sliced once, outside the timed call: a slice inside it would add a copy.
+        rows = tuple(params.tables[i][:m] for i, m in chosen)
+        grads = tuple(jnp.asarray(cotangent[:m]) for _, m in chosen)
+
+        @jax.jit
+        def run(rows, grads, projections, ids):
+            def body(carry, _):
+                total, projections = carry
+                for x, g, p in zip(rows, grads, projections):
+                    # x changes from step to step (by a factor of 1.0 the compiler cannot know),
+                    # as a batch's rows do: else it would compute x^T @ g once, outside the loop.
+                    x = x * (1.0 + 1e-30 * total)
+                    total = total + jnp.sum(x @ p) + jnp.sum(g @ p.T) + jnp.sum(x.T @ g)
+                factor = 1.0 + 1e-30 * total  # changing projections, as in `timed`
+                return (total, tuple(p * factor for p in projections)), None
+
+            return jax.lax.scan(body, (0.0, projections), ids)[0][0]
+
+        projections = tuple(params.projections[i] for i, _ in chosen)
+        compiled = run.lower(rows, grads, projections, ids).compile()
+        compiled(rows, grads, projections, ids).block_until_ready()
+        call = lambda: compiled(rows, grads, projections, ids).block_until_ready()  # noqa: E731
+        call.temp_mb = float("nan")
+        return call
+
     def torch_timed(sizes, dims, ids, cotangent, sparse):
         """PyTorch forward+backward of the same batches: a table when ``sizes`` has one
         block, else a table and a bias-free Linear per projected block, ids grouped by block."""
@@ -203,11 +262,11 @@ def main() -> None:
     rows_out = []
     torch_rows = []
     print(f"bench_embedding: d0={d0}, alpha={args.alpha}, Zipf {args.zipf}, {os.cpu_count()} CPUs, "
-          f"{args.allocator} allocator, "
+          f"{args.allocator} allocator, {args.copies} copies of each forward+backward variant, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}; uniform: ms per batch of forward+backward "
           f"(median of {args.rounds} rounds); the others: median (range) of per-round ratios to it")
     header = (f"{'rows':>9} {'batch':>6} {'k':>3} | {'uniform':>8} | {'MD params':>9} {'MD':>6} {'range':>9} | "
-              f"{'MD/8 params':>11} {'MD/8':>6} {'range':>9} | {'fwd MD':>6} {'fwd pre':>7} | {'temp MB':>11} | {'faults':>8}")
+              f"{'MD/8 params':>11} {'MD/8':>6} {'range':>9} | {'fwd MD':>6} {'fwd pre':>7} | {'prod MD':>7} {'MD/8':>6} | {'temp MB':>11} | {'faults':>8}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
@@ -228,42 +287,50 @@ def main() -> None:
         cotangent = jnp.asarray(rng.standard_normal((batch, d0)).astype(np.float32))
         key = jax.random.key(0)
         md_params = init(key, md)
+        fresh = lambda params: jax.tree.map(jnp.copy, params)  # noqa: E731  (own buffers per copy)
+        # name -> copies (each a compiled call); the forward-only variants are reported, not
+        # targets, and get one copy.
         variants = {
-            "uniform": timed(uniform, init(key, uniform), ids, cotangent),
-            "md": timed(md, md_params, ids, cotangent),
-            "small": timed(small, init(key, small), ids, cotangent),
-            "uniform_fwd": timed(uniform, init(key, uniform), ids, cotangent, forward_only=True),
-            "md_fwd": timed(md, md_params, ids, cotangent, forward_only=True),
-            "pre_fwd": timed(md, materialize(md_params, md), ids, cotangent, forward_only=True, pre_projected=True),
+            "uniform": [timed(uniform, fresh(init(key, uniform)), ids, cotangent) for _ in range(args.copies)],
+            "md": [timed(md, fresh(md_params), ids, cotangent) for _ in range(args.copies)],
+            "small": [timed(small, fresh(init(key, small)), ids, cotangent) for _ in range(args.copies)],
+            "uniform_fwd": [timed(uniform, init(key, uniform), ids, cotangent, forward_only=True)],
+            "md_fwd": [timed(md, md_params, ids, cotangent, forward_only=True)],
+            "pre_fwd": [timed(md, materialize(md_params, md), ids, cotangent, forward_only=True, pre_projected=True)],
+            "md_prod": [products_timed(md, md_params, ids, cotangent)],
+            "small_prod": [products_timed(small, init(key, small), ids, cotangent)],
         }
         if args.torch:
             for sparse in (False, True):
                 tag = "sparse" if sparse else "dense"
-                variants[f"torch_uniform_{tag}"] = torch_timed((n,), (d0,), ids, cotangent, sparse)
-                variants[f"torch_md_{tag}"] = torch_timed(md.sizes, md.dims, ids, cotangent, sparse)
+                variants[f"torch_uniform_{tag}"] = [torch_timed((n,), (d0,), ids, cotangent, sparse)]
+                variants[f"torch_md_{tag}"] = [torch_timed(md.sizes, md.dims, ids, cotangent, sparse)]
         # Each timing repeats its call until the uniform step has run for about 30 ms, so
         # that the small configurations are not measured at the timer's grain.
         start = time.perf_counter()
-        variants["uniform"]()
+        variants["uniform"][0]()
         reps = max(1, int(0.03 / max(time.perf_counter() - start, 1e-6)))
-        times = {name: [] for name in variants}
-        faults = {name: [] for name in variants}
-        order = list(variants)
+        times = {name: [[] for _ in calls] for name, calls in variants.items()}
+        faults = {}
+        order = [(name, copy) for name, calls in variants.items() for copy in range(len(calls))]
         for round_ in range(args.rounds):
-            for name in (order if round_ % 2 == 0 else order[::-1]):
+            for name, copy in (order if round_ % 2 == 0 else order[::-1]):
+                call = variants[name][copy]
                 before = _page_faults()
                 start = time.perf_counter()
                 for _ in range(reps):
-                    variants[name]()
-                times[name].append(time.perf_counter() - start)
-                faults[name].append((_page_faults() - before) / reps)
-        # Page faults per call, the most of any variant (median over rounds): near 0 when
-        # memory is reused, about one per 4 KB of temporaries when it is mapped afresh.
+                    call()
+                times[name][copy].append(time.perf_counter() - start)
+                faults.setdefault((name, copy), []).append((_page_faults() - before) / reps)
+        # Page faults per call, the most of any variant and copy (median over rounds): near 0
+        # when memory is reused, about one per 4 KB of temporaries when it is mapped afresh.
         faults_per_call = max(float(np.median(f)) for f in faults.values())
-        times = {name: np.asarray(t) / reps for name, t in times.items()}
+        # Per round, the median over a variant's copies.
+        times = {name: np.median(np.asarray(t), axis=0) / reps for name, t in times.items()}
         uniform_ms = float(np.median(times["uniform"])) / steps * 1e3
         ratios = {name: times[name] / times[base] for name, base in
-                  (("md", "uniform"), ("small", "uniform"), ("md_fwd", "uniform_fwd"), ("pre_fwd", "uniform_fwd"))}
+                  (("md", "uniform"), ("small", "uniform"), ("md_fwd", "uniform_fwd"), ("pre_fwd", "uniform_fwd"),
+                   ("md_prod", "uniform"), ("small_prod", "uniform"))}
         ratio = {name: float(np.median(r)) for name, r in ratios.items()}
         spread = {name: f"{r.min():.2f}-{r.max():.2f}" for name, r in ratios.items()}
         share = num_params(md) / num_params(uniform)
@@ -277,8 +344,8 @@ def main() -> None:
             torch_rows.append((n, batch, k, med, within))
         print(f"{n:>9,} {batch:>6} {k:>3} | {uniform_ms:>8.2f} | {share:>9.3f} {ratio['md']:>5.2f}x {spread['md']:>9} | "
               f"{share_small:>11.3f} {ratio['small']:>5.2f}x {spread['small']:>9} | "
-              f"{ratio['md_fwd']:>5.2f}x {ratio['pre_fwd']:>6.2f}x | "
-              f"{'/'.join(f'{variants[v].temp_mb:.0f}' for v in ('uniform', 'md', 'small')):>11} | "
+              f"{ratio['md_fwd']:>5.2f}x {ratio['pre_fwd']:>6.2f}x | {ratio['md_prod']:>6.2f}x {ratio['small_prod']:>5.2f}x | "
+              f"{'/'.join(f'{variants[v][0].temp_mb:.0f}' for v in ('uniform', 'md', 'small')):>11} | "
               f"{faults_per_call:>8.0f}", flush=True)
     met_md = sum(r[3] <= 1.5 for r in rows_out)
     met_small = sum(r[4] <= 1.0 for r in rows_out)
@@ -286,6 +353,8 @@ def main() -> None:
     print(f"MD with 8x fewer parameters <= 1.0x uniform: {met_small}/{len(rows_out)} configurations")
     print("MD params / MD/8 params: parameter count relative to the uniform table (projections included); "
           "fwd: forward-only time relative to the uniform forward; pre: gathers from the pre-projected table; "
+          "prod: the projection products alone (three per projected block, on the block's distinct ids of the "
+          "batch), relative to the uniform step: a floor under the MD step's time, as XLA runs the products; "
           "temp MB: the compiled forward+backward's temporary buffers, uniform/MD/MD/8 (allocated on every call); "
           "faults: page faults per timed call, the most of any variant")
     if torch_rows:
