@@ -222,9 +222,7 @@ def main() -> None:
         projections = tuple(params.projections[i] for i, _ in chosen)
         compiled = run.lower(rows, grads, projections, ids).compile()
         compiled(rows, grads, projections, ids).block_until_ready()
-        call = lambda: compiled(rows, grads, projections, ids).block_until_ready()  # noqa: E731
-        call.temp_mb = float("nan")
-        return call
+        return lambda: compiled(rows, grads, projections, ids).block_until_ready()
 
     def torch_timed(sizes, dims, ids, cotangent, sparse):
         """PyTorch forward+backward of the same batches: a table when ``sizes`` has one
@@ -287,13 +285,12 @@ def main() -> None:
         cotangent = jnp.asarray(rng.standard_normal((batch, d0)).astype(np.float32))
         key = jax.random.key(0)
         md_params = init(key, md)
-        fresh = lambda params: jax.tree.map(jnp.copy, params)  # noqa: E731  (own buffers per copy)
-        # name -> copies (each a compiled call); the forward-only variants are reported, not
-        # targets, and get one copy.
+        # name -> copies (each a compiled call with its own parameter buffers: `init` makes new
+        # ones); the forward-only variants are reported, not targets, and get one copy.
         variants = {
-            "uniform": [timed(uniform, fresh(init(key, uniform)), ids, cotangent) for _ in range(args.copies)],
-            "md": [timed(md, fresh(md_params), ids, cotangent) for _ in range(args.copies)],
-            "small": [timed(small, fresh(init(key, small)), ids, cotangent) for _ in range(args.copies)],
+            "uniform": [timed(uniform, init(key, uniform), ids, cotangent) for _ in range(args.copies)],
+            "md": [timed(md, jax.tree.map(jnp.copy, md_params), ids, cotangent) for _ in range(args.copies)],
+            "small": [timed(small, init(key, small), ids, cotangent) for _ in range(args.copies)],
             "uniform_fwd": [timed(uniform, init(key, uniform), ids, cotangent, forward_only=True)],
             "md_fwd": [timed(md, md_params, ids, cotangent, forward_only=True)],
             "pre_fwd": [timed(md, materialize(md_params, md), ids, cotangent, forward_only=True, pre_projected=True)],
