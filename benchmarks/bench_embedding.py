@@ -20,17 +20,15 @@ grouping of ids). Every exact MD step runs at least these products, so this rati
 floor under the MD ratio as XLA runs the products on this machine: where it nears the
 target, no arrangement of the rest of the step meets it.
 
-Rows are frequency-sorted
-with Zipf popularity and cut into equal-mass blocks; ids are drawn from that
-popularity. Each variant is timed on the same batches, four to a jitted call, with
-the projections rescaled between batches by a factor the compiler cannot see is
-1.0: with parameters constant through the call, it would hoist the products
-``E_i @ P_i`` of the blocks projected whole out of the loop, which a training
-step, whose parameters change, cannot do. Each round times every
-variant once, in turn (the order reversed every other round), and a ratio is
-taken within the round, so that the machine's slow and fast spells hit both
-sides of it alike; the median over rounds is reported, with the range for the
-two targets.
+Rows are frequency-sorted with Zipf popularity and cut into equal-mass blocks; ids
+are drawn from that popularity. Each variant is timed on the same batches, four to a
+jitted call, with the projections rescaled between batches by a factor the compiler
+cannot see is 1.0: with parameters constant through the call, it would hoist the
+products ``E_i @ P_i`` of the blocks projected whole out of the loop, which a
+training step, whose parameters change, cannot do. Each round times every variant
+once, in turn (the order reversed every other round), and a ratio is taken within
+the round, so that the machine's slow and fast spells hit both sides of it alike;
+the median over rounds is reported, with the range for the two targets.
 
 Each forward+backward variant is compiled ``--copies`` times (3 by default), each copy
 with its own executable and parameter buffers, and a round times every copy and takes
@@ -203,7 +201,7 @@ def main() -> None:
                   if spec.projected[i] and int(distinct[i]) > 0]
         # Sliced once, outside the timed call: a slice inside it would add a copy.
         rows = tuple(params.tables[i][:m] for i, m in chosen)
-        grads = tuple(jnp.asarray(cotangent[:m]) for _, m in chosen)
+        grads = tuple(cotangent[:m] for _, m in chosen)
 
         @jax.jit
         def run(rows, grads, projections, ids):
@@ -308,7 +306,7 @@ def main() -> None:
         variants["uniform"][0]()
         reps = max(1, int(0.03 / max(time.perf_counter() - start, 1e-6)))
         times = {name: [[] for _ in calls] for name, calls in variants.items()}
-        faults = {}
+        faults = {name: [[] for _ in calls] for name, calls in variants.items()}
         order = [(name, copy) for name, calls in variants.items() for copy in range(len(calls))]
         for round_ in range(args.rounds):
             for name, copy in (order if round_ % 2 == 0 else order[::-1]):
@@ -318,10 +316,10 @@ def main() -> None:
                 for _ in range(reps):
                     call()
                 times[name][copy].append(time.perf_counter() - start)
-                faults.setdefault((name, copy), []).append((_page_faults() - before) / reps)
+                faults[name][copy].append((_page_faults() - before) / reps)
         # Page faults per call, the most of any variant and copy (median over rounds): near 0
         # when memory is reused, about one per 4 KB of temporaries when it is mapped afresh.
-        faults_per_call = max(float(np.median(f)) for f in faults.values())
+        faults_per_call = max(float(np.median(f)) for copies in faults.values() for f in copies)
         # Per round, the median over a variant's copies.
         times = {name: np.median(np.asarray(t), axis=0) / reps for name, t in times.items()}
         uniform_ms = float(np.median(times["uniform"])) / steps * 1e3
