@@ -20,6 +20,14 @@ grouping of ids). Every exact MD step runs at least these products, so this rati
 floor under the MD ratio as XLA runs the products on this machine: where it nears the
 target, no arrangement of the rest of the step meets it.
 
+The ``arith`` columns give what those products' arithmetic alone costs: their
+floating-point operations at this machine's dense matrix product rate (measured at
+the start of the run, the best of several 2048 x 2048 products, and printed in the
+header), relative to the uniform step. Where ``prod`` is far above ``arith``, the
+products' cost is not their arithmetic but running many small products one by one
+(each a separate call into the matrix library); a kernel that fused them would
+lower that floor, an arrangement of XLA operations would not.
+
 Rows are frequency-sorted with Zipf popularity and cut into equal-mass blocks; ids
 are drawn from that popularity. Each variant is timed on the same batches, four to a
 jitted call, with the projections rescaled between batches by a factor the compiler
@@ -188,17 +196,37 @@ def main() -> None:
         call.temp_mb = float("nan") if memory is None else memory.temp_size_in_bytes / 1e6
         return call
 
+    def product_rows(spec, ids):
+        """``(block, rows)`` per projected block with ids in the batch: as many rows as the
+        batch has distinct ids in the block (the mean over the call's batches)."""
+        bounds = np.asarray(spec.offsets[1:] + (spec.n_rows,))
+        distinct = np.mean([np.bincount(np.searchsorted(bounds, np.unique(b), side="right"),
+                                        minlength=spec.n_blocks) for b in np.asarray(ids)], axis=0)
+        return [(i, int(distinct[i])) for i in range(spec.n_blocks) if spec.projected[i] and int(distinct[i]) > 0]
+
+    def product_flops(spec, ids):
+        """Floating-point operations per batch of the products :func:`products_timed` runs."""
+        return sum(3 * 2 * m * spec.dims[i] * spec.base_dim for i, m in product_rows(spec, ids))
+
+    def matmul_rate():
+        """This machine's dense float32 matrix product rate, FLOP/s: the best of several
+        ``[2048, 2048] @ [2048, 2048]`` products, a rate no product of the step exceeds."""
+        a = jnp.ones((2048, 2048), jnp.float32)
+        product = jax.jit(lambda a: a @ a).lower(a).compile()
+        product(a).block_until_ready()
+        best = float("inf")
+        for _ in range(7):
+            start = time.perf_counter()
+            product(a).block_until_ready()
+            best = min(best, time.perf_counter() - start)
+        return 2 * 2048 ** 3 / best
+
     def products_timed(spec, params, ids, cotangent):
         """The projection products alone: per projected block ``i``, ``E_i[rows] @ P_i`` and the
         gradient products ``G @ P_i^T`` and ``E_i[rows]^T @ G``, on as many rows as the batch
-        has distinct ids in the block (the mean over the call's batches). Any exact MD step
-        runs at least these, so their time is a floor under the MD step's, as XLA runs them."""
-        batches = np.asarray(ids)
-        bounds = np.asarray(spec.offsets[1:] + (spec.n_rows,))
-        distinct = np.mean([np.bincount(np.searchsorted(bounds, np.unique(b), side="right"),
-                                        minlength=spec.n_blocks) for b in batches], axis=0)
-        chosen = [(i, int(distinct[i])) for i in range(spec.n_blocks)
-                  if spec.projected[i] and int(distinct[i]) > 0]
+        has distinct ids in the block (:func:`product_rows`). Any exact MD step runs at least
+        these, so their time is a floor under the MD step's, as XLA runs them."""
+        chosen = product_rows(spec, ids)
         # Sliced once, outside the timed call: a slice inside it would add a copy.
         rows = tuple(params.tables[i][:m] for i, m in chosen)
         grads = tuple(cotangent[:m] for _, m in chosen)
@@ -257,12 +285,14 @@ def main() -> None:
 
     rows_out = []
     torch_rows = []
+    rate = matmul_rate()
     print(f"bench_embedding: d0={d0}, alpha={args.alpha}, Zipf {args.zipf}, {os.cpu_count()} CPUs, "
           f"{args.allocator} allocator, {args.copies} copies of each forward+backward variant, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}; uniform: ms per batch of forward+backward "
-          f"(median of {args.rounds} rounds); the others: median (range) of per-round ratios to it")
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, dense matmul {rate / 1e9:.0f} GFLOP/s; "
+          f"uniform: ms per batch of forward+backward (median of {args.rounds} rounds); "
+          f"the others: median (range) of per-round ratios to it")
     header = (f"{'rows':>9} {'batch':>6} {'k':>3} | {'uniform':>8} | {'MD params':>9} {'MD':>6} {'range':>9} | "
-              f"{'MD/8 params':>11} {'MD/8':>6} {'range':>9} | {'fwd MD':>6} {'fwd pre':>7} | {'prod MD':>7} {'MD/8':>6} | {'temp MB':>11} | {'faults':>8}")
+              f"{'MD/8 params':>11} {'MD/8':>6} {'range':>9} | {'fwd MD':>6} {'fwd pre':>7} | {'prod MD':>7} {'MD/8':>6} | {'arith MD':>8} {'MD/8':>6} | {'temp MB':>11} | {'faults':>8}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
@@ -328,6 +358,9 @@ def main() -> None:
                    ("md_prod", "uniform"), ("small_prod", "uniform"))}
         ratio = {name: float(np.median(r)) for name, r in ratios.items()}
         spread = {name: f"{r.min():.2f}-{r.max():.2f}" for name, r in ratios.items()}
+        # The products' arithmetic at the dense matmul rate, against the uniform step.
+        arith = {name: product_flops(spec, ids) / rate / (float(np.median(times["uniform"])) / steps)
+                 for name, spec in (("md", md), ("small", small))}
         share = num_params(md) / num_params(uniform)
         share_small = num_params(small) / num_params(uniform)
         rows_out.append((n, batch, k, ratio["md"], ratio["small"]))
@@ -340,6 +373,7 @@ def main() -> None:
         print(f"{n:>9,} {batch:>6} {k:>3} | {uniform_ms:>8.2f} | {share:>9.3f} {ratio['md']:>5.2f}x {spread['md']:>9} | "
               f"{share_small:>11.3f} {ratio['small']:>5.2f}x {spread['small']:>9} | "
               f"{ratio['md_fwd']:>5.2f}x {ratio['pre_fwd']:>6.2f}x | {ratio['md_prod']:>6.2f}x {ratio['small_prod']:>5.2f}x | "
+              f"{arith['md']:>7.2f}x {arith['small']:>5.2f}x | "
               f"{'/'.join(f'{variants[v][0].temp_mb:.0f}' for v in ('uniform', 'md', 'small')):>11} | "
               f"{faults_per_call:>8.0f}", flush=True)
     met_md = sum(r[3] <= 1.5 for r in rows_out)
@@ -350,6 +384,8 @@ def main() -> None:
           "fwd: forward-only time relative to the uniform forward; pre: gathers from the pre-projected table; "
           "prod: the projection products alone (three per projected block, on the block's distinct ids of the "
           "batch), relative to the uniform step: a floor under the MD step's time, as XLA runs the products; "
+          "arith: those products' floating-point operations at the dense matmul rate, relative to the uniform "
+          "step (what the arithmetic itself costs; prod - arith is the cost of running them as separate products); "
           "temp MB: the compiled forward+backward's temporary buffers, uniform/MD/MD/8 (allocated on every call); "
           "faults: page faults per timed call, the most of any variant")
     if torch_rows:

@@ -21,9 +21,11 @@ def test_bench_embedding_tiny_grid():
     assert "2 copies of each forward+backward variant" in out
     rows = [line for line in out.splitlines() if re.match(r"\s*2,000\s+256\s+4 \|", line)]
     assert len(rows) == 1, out
-    # uniform ms, then MD, MD/8, fwd MD, fwd pre, prod MD, prod MD/8 as ratios
+    # uniform ms, then MD, MD/8, fwd MD, fwd pre, prod MD, prod MD/8, arith MD, arith MD/8 as ratios
     ratios = [float(x) for x in re.findall(r"([\d.]+)x", rows[0])]
-    assert len(ratios) == 6 and all(r > 0 for r in ratios), rows[0]
+    assert len(ratios) == 8 and all(r > 0 for r in ratios[:6]) and all(r >= 0 for r in ratios[6:]), rows[0]
+    rate = re.search(r"dense matmul (\d+) GFLOP/s", out)
+    assert rate and int(rate.group(1)) > 0, out
     assert re.search(r"MD at the same d0 <= 1.5x uniform: [01]/1 configurations", out)
     assert re.search(r"MD with 8x fewer parameters <= 1.0x uniform: [01]/1 configurations", out)
 
