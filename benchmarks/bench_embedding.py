@@ -361,7 +361,7 @@ def main() -> None:
         ratio = {name: float(np.median(r)) for name, r in ratios.items()}
         spread = {name: f"{r.min():.2f}-{r.max():.2f}" for name, r in ratios.items()}
         # The products' arithmetic at the dense matmul rate, against the uniform step.
-        arith = {name: product_flops(spec, ids) / rate / (float(np.median(times["uniform"])) / steps)
+        arith = {name: product_flops(spec, ids) / rate / (uniform_ms / 1e3)
                  for name, spec in (("md", md), ("small", small))}
         share = num_params(md) / num_params(uniform)
         share_small = num_params(small) / num_params(uniform)
@@ -387,7 +387,7 @@ def main() -> None:
           "prod: the projection products alone (three per projected block, on the block's distinct ids of the "
           "batch), relative to the uniform step: a floor under the MD step's time, as XLA runs the products; "
           "arith: those products' floating-point operations at the dense matmul rate, relative to the uniform "
-          "step (what the arithmetic itself costs; prod - arith is the cost of running them as separate products); "
+          "step (at least what the arithmetic itself costs; what prod adds is running them as many small products); "
           "temp MB: the compiled forward+backward's temporary buffers, uniform/MD/MD/8 (allocated on every call); "
           "faults: page faults per timed call, the most of any variant")
     if torch_rows:
