@@ -387,7 +387,7 @@ def assemble(spec: MDSpec, block_vectors, routing: Routing, fill: float = float(
     this is cheaper than stacking the blocks and gathering, and its transpose is
     one gather per block instead of a scatter into a zero-filled stack.
     :func:`lookup` stacks the routed vectors after its projected head instead and
-    gathers once (:func:`stacked_gather`): with a head the batch needs that gather
+    gathers once (:func:`_stacked_gather`): with a head the batch needs that gather
     anyway; with none the two arrangements timed alike (10^5 rows of equal
     popularity, k=8 and 16: 2.00x and 1.49x the uniform step stacked, 2.03x and
     1.45x scattered).
@@ -608,9 +608,9 @@ def _head_and_tail(spec: MDSpec, capacities: tuple[int, ...]):
 
     def routed(params, routing, flat):
         # The head's projected tables and the routed blocks' slot vectors, stacked: one
-        # gather serves the whole batch, and its gradient is one scatter (see stacked_gather).
+        # gather serves the whole batch, and its gradient is one scatter (see _stacked_gather).
         tail = _slot_vectors(params, spec, routing.rows, tail_capacities, head)
-        return stacked_gather(_projected_blocks(params, spec, head), tail, spec, routing, flat)
+        return _stacked_gather(_projected_blocks(params, spec, head), tail, spec, routing, flat)
 
     def piece(params, ids):
         return _head_lookup(params, spec, head, ids) + _lookup_grouped(
@@ -619,15 +619,14 @@ def _head_and_tail(spec: MDSpec, capacities: tuple[int, ...]):
     return lambda flat: route_tail(spec, flat, capacities, head), routed, piece, chunk
 
 
-def stacked_gather(head: list[jax.Array], tail: list[jax.Array], spec: MDSpec, routing: Routing,
-                   ids: jax.Array, fill: float = float("nan")) -> jax.Array:
+def _stacked_gather(head: list[jax.Array], tail: list[jax.Array], spec: MDSpec, routing: Routing,
+                    ids: jax.Array) -> jax.Array:
     """``[B, d0]`` from the projected ``head`` blocks (``[n_i, d0]`` each, the first
     ``len(head)`` blocks of ``spec``) and the routed blocks' slot vectors ``tail``
     (``[capacity_j, d0]`` each, the blocks after the head, slots as in ``routing``,
     :func:`route_tail`), stacked into one table and gathered once: an id in the head
     reads its row, a routed id its slot, and an id outside ``[0, n_rows)`` or without
-    a slot (its block overflowed) ``fill``. Shared by :func:`lookup` and the
-    row-sparse train step.
+    a slot (its block overflowed; the caller replaces it) NaN.
 
     One gather of the batch and, for the gradient, one scatter, instead of a gather
     from the head, a scatter of each routed block's vectors into the batch and, for the
@@ -644,7 +643,7 @@ def stacked_gather(head: list[jax.Array], tail: list[jax.Array], spec: MDSpec, r
     total = sum(vectors.shape[0] for vectors in tail)
     # Negative ids stay negative (fill); ids past the last row got no slot (route).
     index = jnp.where(ids < end, ids, jnp.where(routing.slot < total, end + routing.slot, -1))
-    return take_rows(jnp.concatenate(head + tail, axis=0), index, fill)
+    return take_rows(jnp.concatenate(head + tail, axis=0), index, jnp.nan)
 
 
 def _unless_fits(fits: jax.Array, value, batch: int, chunk: int, update: Callable):
