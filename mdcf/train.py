@@ -557,7 +557,7 @@ def _sparse_grads(config: ModelConfig, params, users, items, ratings, weights, b
         vectors = {}
         for name, side, spec in config.embeddings:
             head = heads[side]
-            projected = [values if projection is None else values @ projection
+            projected = [values if projection is None else embedding.project(values, projection)
                          for values, projection in zip(rows[name], dense["projections"][name])]
             if spec.n_blocks == 1:  # one block: rows are in batch order already
                 vectors[name] = projected[0]

@@ -111,6 +111,29 @@ def test_grouped_path_with_realistic_loads_and_overflow():
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_project_matches_the_plain_product_under_every_transformation():
+    """embedding.project (a custom JVP that lays out vectors.T for the projection's gradient)
+    against ``v @ p``: values, gradients, forward mode, second order, vmap, and a gradient
+    with respect to one operand only."""
+    rng = np.random.default_rng(0)
+    v = jnp.asarray(rng.standard_normal((37, 5)), jnp.float32)
+    p = jnp.asarray(rng.standard_normal((5, 8)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((37, 8)), jnp.float32)
+    fast = lambda v, p: jnp.sum(jnp.sin(embedding.project(v, p)) * w)  # noqa: E731
+    plain = lambda v, p: jnp.sum(jnp.sin(v @ p) * w)  # noqa: E731
+    close = partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5)
+    close(embedding.project(v, p), v @ p)
+    for got, want in zip(jax.jit(jax.grad(fast, (0, 1)))(v, p), jax.grad(plain, (0, 1))(v, p)):
+        close(got, want)
+    close(jax.grad(fast, 1)(v, p), jax.grad(plain, 1)(v, p))
+    close(jax.grad(fast, 0)(v, p), jax.grad(plain, 0)(v, p))
+    close(jax.jvp(fast, (v, p), (w[:, :5], p))[1], jax.jvp(plain, (v, p), (w[:, :5], p))[1])
+    for got, want in zip(jax.hessian(fast, 1)(v, p).ravel(), jax.hessian(plain, 1)(v, p).ravel()):
+        close(got, want)
+    stacked = jnp.stack([v, 2 * v])
+    close(jax.vmap(jax.grad(fast, 1), (0, None))(stacked, p), jax.vmap(jax.grad(plain, 1), (0, None))(stacked, p))
+
+
 def test_capacity_none_differentiates_in_forward_mode_and_to_second_order():
     # The default (grouped) path has a custom VJP: first-order reverse mode only. capacity=None
     # must give the same values through every transformation: jvp against the hand-accumulated
