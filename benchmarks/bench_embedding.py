@@ -14,9 +14,9 @@ gather with :func:`mdcf.embedding.take_rows`), and the memory each compiled
 forward+backward takes for its temporary buffers.
 
 The ``prod`` columns time, for each MD layer, its projection products alone: per
-projected block ``E_i[rows] @ P_i`` and the two gradient products, on as many rows as
-the batch has distinct ids in the block, and nothing else (no gather, scatter or
-grouping of ids). Every exact MD step runs at least these products, so this ratio is a
+projected block ``E_i[rows] @ P_i`` and the two gradient products (as
+:func:`mdcf.embedding.project` runs them), on as many rows as the batch has distinct
+ids in the block, and nothing else (no gather, scatter or grouping of ids). Every exact MD step runs at least these products, so this ratio is a
 floor under the MD ratio as XLA runs the products on this machine: where it nears the
 target, no arrangement of the rest of the step meets it.
 
@@ -151,7 +151,7 @@ def main() -> None:
 
     from mdcf import blocking, sizing
     from mdcf.data import zipf_weights
-    from mdcf.embedding import MDSpec, init, lookup, materialize, num_params, take_rows
+    from mdcf.embedding import MDSpec, init, lookup, materialize, num_params, project, take_rows
 
     configs = list(itertools.product([int(r) for r in args.rows], args.batches, args.blocks))
     if args.quick:
@@ -226,8 +226,9 @@ def main() -> None:
     def products_timed(spec, params, ids, cotangent):
         """The projection products alone: per projected block ``i``, ``E_i[rows] @ P_i`` and the
         gradient products ``G @ P_i^T`` and ``E_i[rows]^T @ G``, on as many rows as the batch
-        has distinct ids in the block (:func:`product_rows`). Any exact MD step runs at least
-        these, so their time is a floor under the MD step's, as XLA runs them."""
+        has distinct ids in the block (:func:`product_rows`), through
+        :func:`mdcf.embedding.project` as the MD layer runs them. Any exact MD step runs at
+        least these, so their time is a floor under the MD step's, as XLA runs them."""
         chosen = product_rows(spec, ids)
         # Sliced once, outside the timed call: a slice inside it would add a copy.
         rows = tuple(params.tables[i][:m] for i, m in chosen)
@@ -241,7 +242,9 @@ def main() -> None:
                     # x changes from step to step (by a factor of 1.0 the compiler cannot know),
                     # as a batch's rows do: else it would compute x^T @ g once, outside the loop.
                     x = x * (1.0 + 1e-30 * total)
-                    total = total + jnp.sum(x @ p) + jnp.sum(g @ p.T) + jnp.sum(x.T @ g)
+                    out, backward = jax.vjp(project, x, p)  # the products as the MD layer runs them
+                    dx, dp = backward(g)
+                    total = total + jnp.sum(out) + jnp.sum(dx) + jnp.sum(dp)
                 factor = 1.0 + 1e-30 * total  # changing projections, as in `timed`
                 return (total, tuple(p * factor for p in projections)), None
 
