@@ -490,10 +490,10 @@ def project(vectors: jax.Array, projection: jax.Array) -> jax.Array:
     k=16: 2.31x and 2.45x instead of 2.78x and 2.90x; 10^5 rows, batch 4,096, k=16:
     0.85x and 0.96x instead of 1.05x and 1.21x; of 14 configurations timed from
     10^4 to 10^6 rows, 13 faster on both and one mixed (10^4 rows, batch 65,536, k=8:
-    1.10x and 1.13x against 1.10x and 1.07x). Epochs of MF with MD embeddings (d0=64, 8 blocks,
-    1M ratings, batch 4,096): row-sparse SGD 5.4 instead of 4.1 M ratings/s, lazy
-    Adam 3.3 instead of 2.7. The same values, through
-    every transformation (a custom JVP whose tangent is linear in plain products).
+    1.10x and 1.13x against 1.10x and 1.07x). Epochs of MF with MD embeddings
+    (d0=64, 8 blocks, 1M ratings, batch 4,096): row-sparse SGD 5.4 instead of 4.1 M
+    ratings/s, lazy Adam 3.3 instead of 2.7. The same values, through every
+    transformation (a custom JVP whose tangent is linear in plain products).
     """
     return vectors @ projection
 
