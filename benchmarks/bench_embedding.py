@@ -16,17 +16,18 @@ forward+backward takes for its temporary buffers.
 The ``prod`` columns time, for each MD layer, its projection products alone: per
 projected block ``E_i[rows] @ P_i`` and the two gradient products (as
 :func:`mdcf.embedding.project` runs them), on as many rows as the batch has distinct
-ids in the block, and nothing else (no gather, scatter or grouping of ids). Every exact MD step runs at least these products, so this ratio is a
-floor under the MD ratio as XLA runs the products on this machine: where it nears the
-target, no arrangement of the rest of the step meets it.
+ids in the block, and nothing else (no gather, scatter or grouping of ids). Every
+exact MD step runs at least these products, so this ratio is a floor under the MD
+ratio as XLA runs the products on this machine: where it nears the target, no
+arrangement of the rest of the step meets it.
 
 The ``arith`` columns give what those products' arithmetic alone costs: their
 floating-point operations at this machine's dense matrix product rate (measured at
 the start of the run, the best of several 2048 x 2048 products, and printed in the
 header), relative to the uniform step. Where ``prod`` is far above ``arith``, the
 products' cost is not their arithmetic but running many small products one by one
-(each a separate call into the matrix library); a kernel that fused them would
-lower that floor, an arrangement of XLA operations would not.
+(each a separate call into a matrix library): a kernel that fused them would lower
+that floor.
 
 Rows are frequency-sorted with Zipf popularity and cut into equal-mass blocks; ids
 are drawn from that popularity. Each variant is timed on the same batches, four to a
