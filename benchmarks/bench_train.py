@@ -32,9 +32,9 @@ Batches of 4,096 ratings by default (``--batch-size``). A step's gathered rows
 and their updates then take 1 MB per array (d=64); at 32,768 they take 8 MB per
 array, and the step's passes over them no longer stay in the caches (2 MB of L2
 and 32 MB of L3 on the machine measured, beside 42 MB of tables). Measured on a
-2-core CPU at 20M ratings (M ratings/s, batch 4,096 / 32,768): uniform SGD
-about 8.2 / 6.4, uniform lazy Adam 2.2 / 1.8; MD steps, which do more work per
-step, go the other way (MD lazy Adam about 1.4 / 1.8).
+2-core CPU at 20M ratings, 1x tables (M ratings/s, batch 4,096 / 32,768, one run
+of each): uniform SGD 13.1 / 9.9, uniform lazy Adam 3.6 / 2.7, MD SGD 4.7 / 4.2;
+MD lazy Adam, whose step does more work, goes the other way (3.0 / 3.1).
 
 Usage::
 
