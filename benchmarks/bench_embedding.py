@@ -9,13 +9,13 @@ forward+backward time per batch of
   (:func:`mdcf.sizing.solve_budget`, projections counted),
 
 as ratios to the uniform time, plus forward-only (inference) ratios for the MD
-layer and for its pre-projected table (:func:`mdcf.embedding.materialize`, one
-gather with :func:`mdcf.embedding.take_rows`), and the memory each compiled
+layer and for its pre-projected table (:func:`mdcf.embeddings.materialize`, one
+gather with :func:`mdcf.embeddings.take_rows`), and the memory each compiled
 forward+backward takes for its temporary buffers.
 
 The ``prod`` columns time, for each MD layer, its projection products alone: per
 projected block ``E_i[rows] @ P_i`` and the two gradient products (as
-:func:`mdcf.embedding.project` runs them), on as many rows as the batch has distinct
+:func:`mdcf.embeddings.project` runs them), on as many rows as the batch has distinct
 ids in the block, and nothing else (no gather, scatter or grouping of ids). Every
 exact MD step runs at least these products, so this ratio is a floor under the MD
 ratio as XLA runs the products on this machine: where it nears the target, no
@@ -152,7 +152,7 @@ def main() -> None:
 
     from mdcf import blocking, sizing
     from mdcf.data import zipf_weights
-    from mdcf.embedding import MDSpec, init, lookup, materialize, num_params, project, take_rows
+    from mdcf.embeddings import MDSpec, init, lookup, materialize, num_params, project, take_rows
 
     configs = list(itertools.product([int(r) for r in args.rows], args.batches, args.blocks))
     if args.quick:
@@ -228,7 +228,7 @@ def main() -> None:
         """The projection products alone: per projected block ``i``, ``E_i[rows] @ P_i`` and the
         gradient products ``G @ P_i^T`` and ``E_i[rows]^T @ G``, on as many rows as the batch
         has distinct ids in the block (:func:`product_rows`), through
-        :func:`mdcf.embedding.project` as the MD layer runs them. Any exact MD step runs at
+        :func:`mdcf.embeddings.project` as the MD layer runs them. Any exact MD step runs at
         least these, so their time is a floor under the MD step's, as XLA runs them."""
         chosen = product_rows(spec, ids)
         # Sliced once, outside the timed call: a slice inside it would add a copy.

@@ -30,7 +30,7 @@ def main() -> None:
 
     from mdcf import blocking, sharding, sizing, train
     from mdcf.data import zipf_weights
-    from mdcf.embedding import MDSpec
+    from mdcf.embeddings import MDSpec
     from mdcf.models import ModelConfig
 
     n = int(args.rows)

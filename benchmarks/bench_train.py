@@ -67,11 +67,11 @@ def best_epoch(run, state, data, n, batch_size, epochs=None):
     after a compile epoch, and the ratings per second it gives."""
     from mdcf import train
 
-    state, losses = run(state, data, train._epoch_order(0, 0, n, batch_size))[:2]  # compile + warm up
+    state, losses = run(state, data, train.epoch_order(0, 0, n, batch_size))[:2]  # compile + warm up
     losses.block_until_ready()
     times = []
     for epoch in range(1, (epochs or timed_epochs(n)) + 1):
-        order = train._epoch_order(0, epoch, n, batch_size)
+        order = train.epoch_order(0, epoch, n, batch_size)
         start = time.perf_counter()
         state, losses = run(state, data, order)[:2]
         losses.block_until_ready()
@@ -89,10 +89,10 @@ def epoch_throughput(ratings, kind_alpha, opt_name, sparse, batch_size, epochs=N
     model = models.build_model(ratings, "mf", dim=64, alpha=kind_alpha, blocks=8)
     opt = train.optimizer(opt_name, 1e-3, sparse=sparse)
     n = len(ratings)
-    epoch = train._epoch_fn(lambda l2: train.make_train_step(model, opt, l2=l2), n, batch_size)
+    epoch = train.make_epoch_fn(lambda l2: train.make_train_step(model, opt, l2=l2), n, batch_size)
     l2 = jnp.asarray(0.05, jnp.float32)
     run = lambda state, data, order: epoch(state, data, order, l2)  # noqa: E731
-    data = train._pack(train._by_user(model.encode(ratings)))
+    data = train.pack(train.by_user(model.encode(ratings)))
     state = train.init_state(jax.random.key(0), model, opt)
     return best_epoch(run, state, data, n, batch_size, epochs)
 
@@ -108,13 +108,13 @@ def bare_throughput(ratings, batch_size, epochs=None):
     from mdcf import train
 
     # The same data layout as mdcf's epochs: one int32 [n, 3] array (user, item, rating bits).
-    data = train._pack(train._by_user({"users": ratings.users, "items": ratings.items, "ratings": ratings.ratings}))
+    data = train.pack(train.by_user({"users": ratings.users, "items": ratings.items, "ratings": ratings.ratings}))
 
     @partial(jax.jit, donate_argnums=0)
     def run(tables, data, order):
         def body(tables, index):
             user_table, item_table = tables
-            u, i, r = train._unpack(data, index)
+            u, i, r = train.unpack(data, index)
             eu, ei = user_table[u], item_table[i]
             err = (jnp.sum(eu * ei, axis=-1) - r)[:, None]
             lr = 1e-3 / index.shape[0]  # SGD on the batch's mean squared error, as mdcf's steps

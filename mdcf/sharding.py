@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from . import embeddings
+
 __all__ = [
     "make_mesh",
     "initialize_distributed",
@@ -100,12 +102,9 @@ def _pad_rows(array, shards: int):
 
 def _map_tables(state, fn):
     """Apply ``fn`` to every row table and its row-wise optimiser state."""
-    from .train import TrainState
-
     params = dict(state.params)
     params["tables"] = jax.tree.map(fn, state.params["tables"])
-    row_state = jax.tree.map(fn, state.row_state)
-    return TrainState(params, state.dense_state, row_state, state.step)
+    return state._replace(params=params, row_state=jax.tree.map(fn, state.row_state))
 
 
 def pad_state(state, shards: int):
@@ -126,29 +125,17 @@ def _has_table_leaves(dense_state) -> bool:
 
 def trim_state(state, config):
     """Undo :func:`pad_state`: every table back to its model's row counts."""
-    sizes = {}
-    for name, side, spec in config.embeddings:
-        sizes[name] = spec.sizes
-    rows = {"user": config.user.n_rows, "item": config.item.n_rows}
+    heights = {name: embeddings.row_heights(spec) for name, _, spec in config.embeddings}
+    heights.update({name: getattr(config, side).n_rows for name, side in config.row_tables if name not in heights})
 
     def trim_tables(tables):
-        out = {}
-        for name, value in tables.items():
-            if name in sizes:  # an embedding: one entry per block
-                out[name] = tuple(
-                    jax.tree.map(lambda x, n=n: x[:n], block) for block, n in zip(value, sizes[name])
-                )
-            else:
-                n = rows[name.split("_")[0]]
-                out[name] = jax.tree.map(lambda x, n=n: x[:n], value)
-        return out
-
-    from .train import TrainState
+        # Per table leaf its height; the leaf's row state (a tuple of arrays) is cut alike.
+        return {name: jax.tree.map(lambda n, sub: jax.tree.map(lambda x: x[:n], sub), heights[name], value)
+                for name, value in tables.items()}
 
     params = dict(state.params)
     params["tables"] = trim_tables(state.params["tables"])
-    return TrainState(params, state.dense_state, trim_tables(state.row_state) if state.row_state else {},
-                      state.step)
+    return state._replace(params=params, row_state=trim_tables(state.row_state) if state.row_state else {})
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -163,16 +150,14 @@ def state_shardings(state, mesh: Mesh, model_axis: str | None = "model"):
     """The layout of a train state on ``mesh`` (a pytree of shardings matching ``state``):
     tables and row-wise optimiser state by rows over ``model_axis`` (if it has more than
     one device), everything else replicated."""
-    from .train import TrainState
-
     axis = _row_axis(mesh, model_axis)
     rows = NamedSharding(mesh, PartitionSpec(axis)) if axis else replicated(mesh)
     every = lambda tree, sharding: jax.tree.map(lambda _: sharding, tree)  # noqa: E731
-    return TrainState(
-        {"tables": every(state.params["tables"], rows), "dense": every(state.params["dense"], replicated(mesh))},
-        every(state.dense_state, replicated(mesh)),
-        every(state.row_state, rows),
-        replicated(mesh),
+    return state._replace(
+        params={"tables": every(state.params["tables"], rows), "dense": every(state.params["dense"], replicated(mesh))},
+        dense_state=every(state.dense_state, replicated(mesh)),
+        row_state=every(state.row_state, rows),
+        step=replicated(mesh),
     )
 
 

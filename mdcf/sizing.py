@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from ._checks import is_int, is_real
-from .embedding import MDSpec, num_params
+from .embeddings import MDSpec, num_params
 
 __all__ = ["popularity_dims", "md_solver", "solve_budget", "uniform_dim_for_budget", "num_params"]
 
@@ -191,13 +191,6 @@ def md_solver(
     return dims[undo]
 
 
-def _dims_at(scale: float, relative: np.ndarray, round_pow2: bool, min_dim: int, base_dim: int) -> np.ndarray:
-    values = np.maximum(scale * relative, min_dim)
-    if round_pow2:
-        values = 2.0 ** np.floor(np.log2(values) + 0.5)
-    return np.clip(np.floor(values + 0.5), min_dim, base_dim).astype(np.int64)
-
-
 def _total(sizes: np.ndarray, dims: np.ndarray, base_dim: int) -> np.ndarray:
     """Exact parameter counts of one or many dims configurations (last axis = blocks)."""
     return (dims * sizes).sum(-1) + np.where(dims < base_dim, dims * base_dim, 0).sum(-1)
@@ -306,7 +299,7 @@ def solve_budget(
       tolerance: the result's total lies in ``[(1 - tolerance) * budget, budget]``.
 
     Returns:
-      The :class:`~mdcf.embedding.MDSpec`.
+      The :class:`~mdcf.embeddings.MDSpec`.
 
     Raises:
       ValueError: the budget is unreachable: below the smallest layer (every

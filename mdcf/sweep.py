@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 import jax
 import numpy as np
 
-from . import data, embedding, io, models, train
+from . import data, embeddings, io, models, sharding, train
 from ._checks import is_int, is_real
 
 __all__ = [
@@ -82,8 +82,6 @@ def add_device_arguments(parser) -> None:
 
 def mesh_from_arguments(args):
     """Join a multi-host run when asked, then build the ``--mesh`` (None without one)."""
-    from . import sharding
-
     if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
         sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     if args.mesh is None:
@@ -300,7 +298,7 @@ def _key(row: dict) -> tuple:
     return tuple(str(row[k]) if k in ("dataset", "model") else float(row[k]) for k in _KEY)
 
 
-def _dims(spec: embedding.MDSpec) -> str:
+def _dims(spec: embeddings.MDSpec) -> str:
     return "-".join(str(d) for d in spec.dims)
 
 

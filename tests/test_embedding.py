@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdcf import embedding
-from mdcf.embedding import MDParams, MDSpec, init, lookup, lookup_bag, materialize, num_params
+from mdcf import embeddings
+from mdcf.embeddings import routing
+from mdcf.embeddings import MDParams, MDSpec, init, lookup, lookup_bag, materialize, num_params
 
 CAPACITIES = [None, "auto", 1, 3, 1000]
 
@@ -101,8 +102,8 @@ def test_grouped_path_with_realistic_loads_and_overflow():
     fitting = np.concatenate([rng.integers(bounds[i], bounds[i + 1], 300) for i in range(4)])
     overflowing = np.concatenate([rng.integers(50, 1550, 900), rng.integers(0, 4550, 300)])
     for ids in (rng.permutation(fitting), rng.permutation(overflowing)):
-        capacities = embedding.block_capacities(spec, len(ids))
-        assert embedding.head_blocks(spec, capacities) == 2 and capacities[2] < 900
+        capacities = embeddings.block_capacities(spec, len(ids))
+        assert embeddings.head_blocks(spec, capacities) == 2 and capacities[2] < 900
         np.testing.assert_allclose(lookup(params, spec, ids), naive_lookup(params, spec, ids), rtol=1e-5, atol=1e-6)
         ct = rng.standard_normal((len(ids), 16)).astype(np.float32)
         grads = jax.jit(jax.grad(lambda p, i: jnp.sum(lookup(p, spec, i) * ct)))(params, ids)
@@ -112,17 +113,17 @@ def test_grouped_path_with_realistic_loads_and_overflow():
 
 
 def test_project_matches_the_plain_product_under_every_transformation():
-    """embedding.project (a custom JVP that lays out vectors.T for the projection's gradient)
+    """embeddings.project (a custom JVP that lays out vectors.T for the projection's gradient)
     against ``v @ p``: values, gradients, forward mode, second order, vmap, and a gradient
     with respect to one operand only."""
     rng = np.random.default_rng(0)
     v = jnp.asarray(rng.standard_normal((37, 5)), jnp.float32)
     p = jnp.asarray(rng.standard_normal((5, 8)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((37, 8)), jnp.float32)
-    fast = lambda v, p: jnp.sum(jnp.sin(embedding.project(v, p)) * w)  # noqa: E731
+    fast = lambda v, p: jnp.sum(jnp.sin(embeddings.project(v, p)) * w)  # noqa: E731
     plain = lambda v, p: jnp.sum(jnp.sin(v @ p) * w)  # noqa: E731
     close = partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5)
-    close(embedding.project(v, p), v @ p)
+    close(embeddings.project(v, p), v @ p)
     for got, want in zip(jax.jit(jax.grad(fast, (0, 1)))(v, p), jax.grad(plain, (0, 1))(v, p)):
         close(got, want)
     close(jax.grad(fast, 1)(v, p), jax.grad(plain, 1)(v, p))
@@ -143,7 +144,7 @@ def test_capacity_none_differentiates_in_forward_mode_and_to_second_order():
     rng = np.random.default_rng(1)
     bounds = np.cumsum((0,) + spec.sizes)
     ids = rng.permutation(np.concatenate([rng.integers(bounds[i], bounds[i + 1], 300) for i in range(4)]))
-    assert embedding.head_blocks(spec, embedding.block_capacities(spec, len(ids))) == 2  # blocks 2-3 routed
+    assert embeddings.head_blocks(spec, embeddings.block_capacities(spec, len(ids))) == 2  # blocks 2-3 routed
     keys = iter(jax.random.split(jax.random.key(4), 8))
     direction = jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape, x.dtype), params)
     ct = rng.standard_normal((len(ids), 16)).astype(np.float32)
@@ -184,8 +185,8 @@ def test_capacity_none_differentiates_in_forward_mode_and_to_second_order():
 def test_head_is_the_prefix_of_blocks_within_the_rows_per_slot_limit(sizes, capacity, limit):
     spec = MDSpec(tuple(sizes), (1,) * len(sizes), 1)
     capacities = tuple(capacity + i for i in range(len(sizes)))
-    head = embedding.head_blocks(spec, capacities, limit)
-    per_slot = embedding.HEAD_ROWS_PER_SLOT if limit is None else limit
+    head = embeddings.head_blocks(spec, capacities, limit)
+    per_slot = embeddings.HEAD_ROWS_PER_SLOT if limit is None else limit
     assert all(sizes[i] <= per_slot * capacities[i] for i in range(head))
     assert head == len(sizes) or sizes[head] > per_slot * capacities[head]
 
@@ -196,7 +197,7 @@ def test_every_split_into_head_and_routed_blocks_agrees(head):
     spec = MDSpec((6, 20, 50), (8, 4, 2), 8)
     params = init(jax.random.key(2), spec)
     capacity = {0: 2, 1: 4, 2: 12, 3: 29}[head]
-    assert embedding.head_blocks(spec, (capacity,) * 3) == head
+    assert embeddings.head_blocks(spec, (capacity,) * 3) == head
     rng = np.random.default_rng(head)
     ids = rng.integers(0, spec.n_rows, 60).astype(np.int32)
     ct = rng.standard_normal((60, 8)).astype(np.float32)
@@ -271,9 +272,9 @@ def test_vmap_over_parameters_and_ids(capacity, head):
     ids[1] = rng.permutation(np.concatenate([rng.integers(0, 30, 12), rng.integers(30, 100, 12)]))
     ids[2, :20] = 30 + np.arange(20)  # at least 20 ids in block 1
     capacities = (min(capacity, 24),) * 2
-    assert embedding.head_blocks(spec, capacities) == head
+    assert embeddings.head_blocks(spec, capacities) == head
     if head == 0:
-        assert [bool(embedding.route(spec, jnp.asarray(i), capacities).fits) for i in ids] == [False, True, False]
+        assert [bool(embeddings.route(spec, jnp.asarray(i), capacities).fits) for i in ids] == [False, True, False]
     out = jax.vmap(lambda p, i: lookup(p, spec, i, capacity=capacity))(stacked, ids)
     for j in range(3):
         single = jax.tree.map(lambda x: x[j], stacked)
@@ -438,12 +439,12 @@ def test_params_are_a_pytree():
 
 
 # Compiled once for all examples of the property test below.
-_take_fill = jax.jit(partial(embedding.take_rows, fill_value=-1.5))
-_take_clip = jax.jit(partial(embedding.take_rows, fill_value=None))
-_scatter_add = jax.jit(embedding.scatter_rows)
-_scatter_set = jax.jit(partial(embedding.scatter_rows, op="set", unique_indices=True))
-_take_grad = jax.jit(jax.grad(lambda t, i, w: jnp.sum(embedding.take_rows(t, i) * w)))
-_take_clip_grad = jax.jit(jax.grad(lambda t, i, w: jnp.sum(embedding.take_rows(t, i, None) * w)))
+_take_fill = jax.jit(partial(embeddings.take_rows, fill_value=-1.5))
+_take_clip = jax.jit(partial(embeddings.take_rows, fill_value=None))
+_scatter_add = jax.jit(embeddings.scatter_rows)
+_scatter_set = jax.jit(partial(embeddings.scatter_rows, op="set", unique_indices=True))
+_take_grad = jax.jit(jax.grad(lambda t, i, w: jnp.sum(embeddings.take_rows(t, i) * w)))
+_take_clip_grad = jax.jit(jax.grad(lambda t, i, w: jnp.sum(embeddings.take_rows(t, i, None) * w)))
 
 
 @settings(max_examples=60, deadline=None)
@@ -501,17 +502,17 @@ def test_row_view_is_taken_on_cpu_only(monkeypatch, backend):
     table = jnp.arange(84, dtype=jnp.float32).reshape(7, 12)
     ids = jnp.asarray([3, -1, 6, 3, 9], jnp.int32)
     values = jnp.ones((5, 12), jnp.float32)
-    jaxprs = [str(jax.make_jaxpr(lambda t, i: embedding.take_rows(t, i))(table, ids)),
-              str(jax.make_jaxpr(lambda t, i, v: embedding.scatter_rows(t, i, v))(table, ids, values))]
+    jaxprs = [str(jax.make_jaxpr(lambda t, i: embeddings.take_rows(t, i))(table, ids)),
+              str(jax.make_jaxpr(lambda t, i, v: embeddings.scatter_rows(t, i, v))(table, ids, values))]
     for text in jaxprs:
         assert ("f32[7,2,6]" in text) == (backend == "cpu"), text
-    got = jax.jit(lambda t, i: embedding.take_rows(t, i, fill_value=-1.0))(table, ids)
+    got = jax.jit(lambda t, i: embeddings.take_rows(t, i, fill_value=-1.0))(table, ids)
     got = np.asarray(got)
     np.testing.assert_array_equal(got[[0, 2, 3]], np.asarray(table)[[3, 6, 3]])
     np.testing.assert_array_equal(got[[1, 4]], -1.0)
     added = np.asarray(table).copy()
     np.add.at(added, [3, 6, 3], 1.0)
-    np.testing.assert_array_equal(jax.jit(embedding.scatter_rows)(table, ids, values), added)
+    np.testing.assert_array_equal(jax.jit(embeddings.scatter_rows)(table, ids, values), added)
 
 
 @settings(max_examples=40, deadline=None)
@@ -526,7 +527,7 @@ def test_ranks_match_counting(values, k_extra, chunk, shifted):
     k = max(1, int(values.max()) + 1 + k_extra)
     start = np.arange(k) * 1000 + 7 if shifted else np.zeros(k, int)
     want = np.array([np.sum(values[:i] == v) + start[v] if 0 <= v < k else 0 for i, v in enumerate(values)])
-    got, counts = jax.jit(partial(embedding._ranks, k=k, chunk=chunk, start=start if shifted else None))(values)
+    got, counts = jax.jit(partial(routing.ranks, k=k, chunk=chunk, start=start if shifted else None))(values)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(counts, np.bincount(values[(values >= 0) & (values < k)], minlength=k))
 
@@ -538,7 +539,7 @@ def test_route_groups_every_id_that_fits(spec, ids, capacity):
     """route: rows per block in batch order, distinct slots, and ``fits`` exactly when no block overflows."""
     ids = np.array(ids, np.int32)
     capacities = (capacity,) * spec.n_blocks
-    routing = jax.jit(partial(embedding.route, spec, capacities=capacities))(ids)
+    routing = jax.jit(partial(embeddings.route, spec, capacities=capacities))(ids)
     offsets = np.array(spec.offsets + (spec.n_rows,))
     valid = (ids >= 0) & (ids < spec.n_rows)
     block = np.searchsorted(offsets, ids, side="right") - 1
@@ -567,7 +568,7 @@ def test_route_groups_every_id_that_fits(spec, ids, capacity):
 def test_assemble_by_positions_matches_stack_and_gather(spec, ids, capacity, fill, seed):
     """assemble's scatter into batch positions against the plain stack-and-gather, values and gradients."""
     ids = np.array(ids, np.int32)
-    routing = jax.jit(partial(embedding.route, spec, capacities=(capacity,) * spec.n_blocks))(ids)
+    routing = jax.jit(partial(embeddings.route, spec, capacities=(capacity,) * spec.n_blocks))(ids)
     plain = routing._replace(positions=None)
     rng = np.random.default_rng(seed)
     vectors = tuple(jnp.asarray(rng.standard_normal((capacity, spec.base_dim)).astype(np.float32))
@@ -575,7 +576,7 @@ def test_assemble_by_positions_matches_stack_and_gather(spec, ids, capacity, fil
     weights = rng.standard_normal((len(ids), spec.base_dim)).astype(np.float32)
 
     def total(v, r):
-        out = embedding.assemble(spec, v, r, fill)
+        out = embeddings.assemble(spec, v, r, fill)
         return jnp.sum(jnp.where(jnp.isnan(out), 0, out) * weights), out
 
     both = jax.jit(lambda v: (jax.value_and_grad(total, has_aux=True)(v, plain),

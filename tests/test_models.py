@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdcf import data, embedding, models
-from mdcf.embedding import MDSpec
+from mdcf import data, embeddings, models
+from mdcf.embeddings import MDSpec
 from mdcf.models import ModelConfig
 
 MD_USER = MDSpec((3, 7, 20), (8, 4, 2), 8)
@@ -27,8 +27,8 @@ def test_mf_formula():
     params["tables"]["user_bias"] = jnp.arange(30, dtype=jnp.float32) / 100
     params["tables"]["item_bias"] = -jnp.arange(30, dtype=jnp.float32) / 50
     users, items = np.array([0, 5, 29]), np.array([4, 29, 7])
-    user_table = np.asarray(embedding.materialize(models.layer_params(params, "user"), MD_USER))
-    item_table = np.asarray(embedding.materialize(models.layer_params(params, "item"), MD_ITEM))
+    user_table = np.asarray(embeddings.materialize(models.layer_params(params, "user"), MD_USER))
+    item_table = np.asarray(embeddings.materialize(models.layer_params(params, "item"), MD_ITEM))
     want = 3.5 + users / 100 - items / 50 + np.sum(user_table[users] * item_table[items], axis=1)
     np.testing.assert_allclose(models.apply(params, config, users, items), want, rtol=1e-5)
 
@@ -93,7 +93,7 @@ def test_build_model_uniform_md_and_budget():
     assert md.config.item.dims[-1] < 16 and md.config.item.loads is not None
     budget = (300 + 200) * 4
     sized = models.build_model(ratings, "mf", dim=16, alpha=0.5, blocks=4, budget=budget)
-    total = embedding.num_params(sized.config.user) + embedding.num_params(sized.config.item)
+    total = embeddings.num_params(sized.config.user) + embeddings.num_params(sized.config.item)
     assert 0.99 * budget <= total <= budget
     equal = models.build_model(ratings, "mf", dim=16, alpha=0.0, budget=budget)
     assert equal.config.user == MDSpec.uniform(300, 4) and equal.config.item == MDSpec.uniform(200, 4)
@@ -114,7 +114,7 @@ def test_apply_with_capacity_none_supports_forward_mode():
     params = models.init(jax.random.key(0), config, global_mean=3.0)
     rng = np.random.default_rng(0)
     users, items = rng.integers(0, 4550, 1000), rng.integers(0, 4550, 1000)
-    assert embedding.head_blocks(spec, embedding.block_capacities(spec, 1000)) < spec.n_blocks
+    assert embeddings.head_blocks(spec, embeddings.block_capacities(spec, 1000)) < spec.n_blocks
     weights = jnp.asarray(rng.standard_normal(1000).astype(np.float32))
     np.testing.assert_allclose(models.apply(params, config, users, items, capacity=None),
                                models.apply(params, config, users, items), rtol=1e-5, atol=1e-6)

@@ -6,8 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from mdcf import data, embedding, io, models, train
-from mdcf.embedding import MDSpec
+from mdcf import checkpoint, data, embeddings, io, models, train
+from mdcf.embeddings import MDSpec, md_rows
+from mdcf.train import sparse as row_updates
 from mdcf.models import ModelConfig
 
 USER = MDSpec((4, 10, 30), (8, 4, 2), 8, loads=(0.4, 0.3, 0.3))
@@ -42,22 +43,27 @@ def assert_params_close(a, b, rtol=1e-5, atol=1e-6):
 
 # Blocks of 300 and 200 rows hold more than two rows per slot in a batch of 64: they are
 # routed and updated row by row; the smaller leading blocks form the head (projected and
-# updated whole, train._heads). USER_MIXED has no head (its first block is large) and two
-# routed blocks small enough to be differentiated whole (train._whole_blocks).
+# updated whole, md_rows.head_size). USER_MIXED has no head (its first block is large) and
+# two routed blocks small enough to be differentiated whole (RowPlan.whole).
 USER_LARGE = MDSpec((4, 10, 300), (8, 4, 2), 8, loads=(0.4, 0.3, 0.3))
 ITEM_LARGE = MDSpec((6, 200), (8, 3), 8, loads=(0.5, 0.5))
 USER_MIXED = MDSpec((300, 4, 10), (8, 4, 2), 8, loads=(0.4, 0.3, 0.3))
 
 
+def _plans(config, batch):
+    """The row-sparse step's plan of each side for ``batch`` (padding, weight 0, gets -1)."""
+    specs = {"user": config.user, "item": config.item}
+    ids = {side: jnp.where(jnp.asarray(batch["weights"]) > 0, jnp.asarray(batch[f"{side}s"]), -1) for side in specs}
+    size = len(batch["users"])
+    return {side: md_rows.plan(spec, ids[side], md_rows.capacities(spec, size), spec.sizes)
+            for side, spec in specs.items()}
+
+
 def _split(config, size=64):
     """(heads, whole) of the row-sparse step for ``config`` at this batch size."""
-    capacities = {"user": embedding.block_capacities(config.user, size),
-                  "item": embedding.block_capacities(config.item, size)}
-    heads = train._heads(config, capacities)
-    routing = train._batch_routing(config, *(jnp.asarray(batch_of(0, size=size)[k]) for k in ("users", "items", "weights")),
-                                   capacities, heads)
-    tables = train.init_state(jax.random.key(0), config, train.optimizer("sgd", 0.1)).params["tables"]
-    return heads, train._whole_blocks(config, tables, routing, heads)
+    plans = _plans(config, batch_of(0, size=size))
+    return ({side: plan.head for side, plan in plans.items()},
+            {name: plans[side].whole for name, side, _ in config.embeddings})
 
 
 @pytest.mark.parametrize("kind, name, specs", [
@@ -86,12 +92,7 @@ def test_row_sparse_matches_dense(kind, name, specs):
 
 
 def _overflows(config, batch):
-    size = len(batch["users"])
-    capacities = {"user": embedding.block_capacities(config.user, size),
-                  "item": embedding.block_capacities(config.item, size)}
-    routing = train._batch_routing(config, *(jnp.asarray(batch[k]) for k in ("users", "items", "weights")),
-                                   capacities, train._heads(config, capacities))
-    return not bool(train._routing_fits(routing))
+    return not all(bool(plan.fits) for plan in _plans(config, batch).values() if plan.fits is not None)
 
 
 @pytest.mark.parametrize("user, item, block", [(USER_LARGE, ITEM_LARGE, 2), (USER_MIXED, ITEM_LARGE, 0)])
@@ -211,12 +212,11 @@ def test_whole_block_update_matches_row_updates(name):
     rows = np.array([3, 7, 3, 0, 12, 11, 3, 12, 5], np.int32)  # 12: an unused slot
     grads = rng.standard_normal((len(rows), 5)).astype(np.float32)
     step = jnp.asarray(4)
-    want_table, want_state = train._update_rows(table, state, jnp.asarray(rows), jnp.asarray(grads), opt, step)
+    want_table, want_state = row_updates.update_rows(table, state, jnp.asarray(rows), jnp.asarray(grads), opt, step)
     summed = np.zeros((12, 5), np.float32)
     np.add.at(summed, rows[rows < 12], grads[rows < 12])
-    touched = train._touched_rows(12, jnp.asarray(rows))
-    np.testing.assert_array_equal(touched, [0, 12, 12, 3, 12, 5, 12, 7, 12, 12, 12, 11])
-    got_table, got_state = train._update_whole_block(table, state, touched, jnp.asarray(summed), opt, step)
+    touched = jnp.asarray([0, 12, 12, 3, 12, 5, 12, 7, 12, 12, 12, 11], jnp.int32)  # j for touched rows, else 12
+    got_table, got_state = row_updates.update_whole(table, state, touched, jnp.asarray(summed), opt, step)
     np.testing.assert_allclose(got_table, want_table, rtol=1e-6, atol=1e-7)
     for got, want in zip(got_state, want_state):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
@@ -290,21 +290,21 @@ def test_fits_that_differ_in_l2_share_their_compiled_epoch(small_data):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "mf", dim=8, alpha=0.4, blocks=3)
     kwargs = dict(epochs=3, batch_size=256, progress=False, seed=3, sparse=True, refit=False)
-    train._cached_epoch_fn.cache_clear()
+    train.cached_epoch_fn.cache_clear()
     weak = train.fit(model, train_part, l2=0.01, **kwargs)
     strong = train.fit(model, train_part, l2=0.5, **kwargs)
-    info = train._cached_epoch_fn.cache_info()
+    info = train.cached_epoch_fn.cache_info()
     assert (info.misses, info.hits) == (1, 1)  # one compiled epoch for both
     # l2 is applied, and as a run of its own would apply it: nothing carries over from the run before.
     penalty = [r.history[-1]["train_loss"] - r.history[-1]["train_mse"] for r in (weak, strong)]
     assert 0 < 5 * penalty[0] < penalty[1], penalty
     assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(weak.params), jax.tree.leaves(strong.params)))
-    train._cached_epoch_fn.cache_clear()
+    train.cached_epoch_fn.cache_clear()
     alone = train.fit(model, train_part, l2=0.5, **kwargs)
     for x, y in zip(jax.tree.leaves(alone.params), jax.tree.leaves(strong.params)):
         np.testing.assert_array_equal(x, y)
     train.fit(model, train_part, l2=0.0, **kwargs)  # no regularisation term: a step of its own
-    assert train._cached_epoch_fn.cache_info().misses == 2
+    assert train.cached_epoch_fn.cache_info().misses == 2
 
 
 @pytest.mark.parametrize("sparse", [False, True])
@@ -340,10 +340,10 @@ def test_refit_trains_again_on_all_of_train(small_data):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "mf", dim=8)
     kwargs = dict(batch_size=256, progress=False, seed=2, learning_rate=1e-2)
-    train._jitted_init.cache_clear()
+    train.state.compiled_init.cache_clear()
     refit = train.fit(model, train_part, epochs=8, **kwargs)  # validation carved from train: refit by default
     assert "val_mse" in refit.history[0] and len(refit.refit_history) == refit.best_epoch
-    info = train._jitted_init.cache_info()
+    info = train.state.compiled_init.cache_info()
     assert (info.misses, info.hits) == (1, 1)  # the refit reuses the first phase's compiled init
     assert all("val_mse" not in h for h in refit.refit_history)
     manual = train.fit(model, train_part, None, epochs=refit.best_epoch, **kwargs)
@@ -544,29 +544,29 @@ def test_checkpoint_round_trip_and_errors(small_data, tmp_path):
     opt = train.optimizer("adam", 1e-2, sparse=True)
     state = train.init_state(jax.random.key(0), model, opt)
     path = tmp_path / "ckpt.mdcf"
-    io.save(path, model, state, meta={"note": "x"})
-    loaded = io.load(path, opt=opt)
+    checkpoint.save(path, model, state, meta={"note": "x"})
+    loaded = checkpoint.load(path, opt=opt)
     assert loaded.model.config == model.config and loaded.meta == {"note": "x"}
     np.testing.assert_array_equal(loaded.model.user_rows, model.user_rows)
     for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(loaded.state)):
         np.testing.assert_array_equal(x, y)
-    assert io.load(path).state is None  # parameters only without an optimiser
-    with pytest.raises(io.CheckpointMismatchError, match="row-sparse"):
-        io.load(path, opt=train.optimizer("adam", 1e-2, sparse=False))
-    with pytest.raises(io.CheckpointMismatchError):
-        io.load(path, opt=train.optimizer("sgd", 1e-2, sparse=True))
+    assert checkpoint.load(path).state is None  # parameters only without an optimiser
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="row-sparse"):
+        checkpoint.load(path, opt=train.optimizer("adam", 1e-2, sparse=False))
+    with pytest.raises(checkpoint.CheckpointMismatchError):
+        checkpoint.load(path, opt=train.optimizer("sgd", 1e-2, sparse=True))
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(io.CorruptFileError, match="truncated"):
-        io.load(path)
+        checkpoint.load(path)
     other = tmp_path / "arrays.mdcf"
     io.write_arrays(other, {"x": np.zeros(2)})
     with pytest.raises(io.CorruptFileError, match="not an mdcf checkpoint"):
-        io.load(other)
+        checkpoint.load(other)
     wrong = models.init(jax.random.key(0), models.build_model(train_part, "neumf", dim=8).config)
     for kwargs in ({"state_or_params": wrong}, {"state_or_params": state.params, "best_params": wrong}):
         with pytest.raises(ValueError, match=r"save .*wrong\.mdcf: (best_)?params do not match the mf model"):
-            io.save(tmp_path / "wrong.mdcf", model, **kwargs)
+            checkpoint.save(tmp_path / "wrong.mdcf", model, **kwargs)
     assert not (tmp_path / "wrong.mdcf").exists()
 
 
@@ -591,7 +591,7 @@ def test_combine_duplicates_matches_numpy(rows, big, seed):
     grads = np.random.default_rng(seed).standard_normal((len(rows), 3)).astype(np.float32)
 
     def combine(rows, grads, n_rows):
-        unique, summing = train._duplicates(rows, n_rows)
+        unique, summing = row_updates.duplicates(rows, n_rows)
         return unique, summing(grads)
 
     unique, summed = jax.jit(combine, static_argnums=2)(rows, grads, n_rows)
@@ -632,7 +632,7 @@ def test_rowwise_adagrad_step_matches_numpy():
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(1, 300), batch=st.integers(1, 64), seed=st.integers(0, 5), epoch=st.integers(0, 3))
 def test_epoch_order_sorts_within_batches_of_the_seeded_shuffle(n, batch, seed, epoch):
-    order = train._epoch_order(seed, epoch, n, batch)
+    order = train.epoch_order(seed, epoch, n, batch)
     n_batches = -(-n // batch)
     assert order.shape == (n_batches, batch) and order.dtype == np.int32
     shuffle = np.zeros(n_batches * batch, np.int64)
@@ -652,10 +652,10 @@ def test_packed_training_arrays_read_back_exactly():
     ratings[:4] = [-0.0, 1e-38, np.float32(3.4e38), 0.5]  # signed zero, tiny and huge values keep their bits
     encoded = {"users": rng.integers(0, 2**31 - 1, n), "items": rng.integers(0, 1000, n).astype(np.int32),
                "ratings": ratings}
-    packed = train._pack(encoded)
+    packed = train.pack(encoded)
     assert packed.shape == (n, 3) and packed.dtype == jnp.int32
     index = rng.permutation(n)[:25].astype(np.int32)
-    users, items, read = jax.jit(train._unpack)(packed, jnp.asarray(index))
+    users, items, read = jax.jit(train.unpack)(packed, jnp.asarray(index))
     np.testing.assert_array_equal(np.asarray(users), encoded["users"][index])
     np.testing.assert_array_equal(np.asarray(items), encoded["items"][index])
     assert read.dtype == jnp.float32
@@ -667,14 +667,14 @@ def test_pack_refuses_rows_outside_int32(side, rows):
     encoded = {"users": np.array([0, 1]), "items": np.array([0, 1]), "ratings": np.array([1.0, 2.0])}
     encoded[side] = np.array(rows, np.int64)
     with pytest.raises(ValueError, match=f"training {side} rows must lie in"):
-        train._pack(encoded)
+        train.pack(encoded)
 
 
 def test_training_arrays_are_ordered_by_user():
     rng = np.random.default_rng(0)
     encoded = {"users": rng.integers(0, 9, 50).astype(np.int32), "items": rng.integers(0, 7, 50).astype(np.int32),
                "ratings": rng.random(50).astype(np.float32)}
-    ordered = train._by_user(encoded)
+    ordered = train.by_user(encoded)
     assert np.all(np.diff(ordered["users"]) >= 0)
     key = lambda d: sorted(zip(d["users"].tolist(), d["items"].tolist(), d["ratings"].tolist()))  # noqa: E731
     assert key(ordered) == key(encoded)

@@ -8,7 +8,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from mdcf.embedding import as_rows
+from mdcf.embeddings import as_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 

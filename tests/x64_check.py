@@ -10,7 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mdcf import train  # noqa: E402
-from mdcf.embedding import MDSpec, init, lookup, lookup_bag, materialize  # noqa: E402
+from mdcf.embeddings import MDSpec, init, lookup, lookup_bag, materialize  # noqa: E402
 from mdcf.models import ModelConfig  # noqa: E402
 
 spec = MDSpec((3, 5, 40), (8, 4, 2), 8)

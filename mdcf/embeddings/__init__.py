@@ -1,0 +1,75 @@
+"""Embedding layers as pure JAX functions: one interface, the MD layer as its first member.
+
+The public contract::
+
+    Scheme, RowSparse, register, scheme            the interface (mdcf.embeddings.base)
+    init, lookup, num_params, nbytes, split, join  dispatch on a spec's scheme
+    MDSpec, MDParams                               the MD layer (a uniform table is one block)
+    lookup_bag, materialize, check_ids             MD lookups
+    block_capacities, head_blocks, route, ...      the MD layer's grouped path
+    take_rows, scatter_rows, project               fast row gathers, scatters and projections
+
+Example:
+  >>> import jax
+  >>> from mdcf import embeddings
+  >>> spec = embeddings.MDSpec(sizes=(100, 900), dims=(32, 8), base_dim=32)
+  >>> params = embeddings.init(jax.random.key(0), spec)
+  >>> embeddings.lookup(params, spec, jax.numpy.array([0, 150, 999])).shape
+  (3, 32)
+"""
+
+from . import md_rows
+from ._kernels import project, scatter_rows, take_rows
+from .base import RowSparse, Scheme, init, join, lookup, nbytes, num_params, register, row_heights, scheme, split
+from .md_lookup import lookup as md_lookup
+from .md_lookup import lookup_bag, materialize
+from .md import HEAD_ROWS_PER_SLOT, MDParams, MDSpec, as_rows, block_capacities, check_ids, head_blocks
+from .md import init as md_init
+from .md import nbytes as md_nbytes
+from .md import num_params as md_num_params
+from .routing import Routing, assemble, head_gather, route, route_tail
+
+register(MDSpec, Scheme(
+    name="md",
+    init=md_init,
+    lookup=md_lookup,
+    num_params=md_num_params,
+    nbytes=md_nbytes,
+    split=lambda params: (params.tables, params.projections),
+    join=lambda tables, dense: MDParams(tuple(tables), tuple(dense)),
+    row_heights=lambda spec: spec.sizes,
+    rows=RowSparse(md_rows.capacities, md_rows.check_capacities, md_rows.plan, md_rows.overflow_plan,
+                   md_rows.gather, md_rows.vectors, md_rows.updated_rows),
+))
+
+__all__ = [
+    "RowSparse",
+    "Scheme",
+    "register",
+    "scheme",
+    "init",
+    "lookup",
+    "num_params",
+    "nbytes",
+    "split",
+    "join",
+    "row_heights",
+    "MDSpec",
+    "MDParams",
+    "lookup_bag",
+    "materialize",
+    "check_ids",
+    "as_rows",
+    "block_capacities",
+    "HEAD_ROWS_PER_SLOT",
+    "head_blocks",
+    "Routing",
+    "route",
+    "route_tail",
+    "assemble",
+    "head_gather",
+    "take_rows",
+    "scatter_rows",
+    "project",
+    "md_rows",
+]

@@ -1,0 +1,139 @@
+"""The interface every embedding scheme implements, and the functions that dispatch on it.
+
+A scheme is a static *spec* (a frozen dataclass: hashable, a ``jax.jit`` static
+argument, JSON round-trip) and a :class:`Scheme` of pure functions registered for
+the spec's type (:func:`register`). Models and the train step see only these
+functions, so a new scheme drops in without touching them.
+
+Parameters of every scheme split into *tables*, whose leaves are indexed by rows
+(row-sparse training touches only the rows a batch uses), and *dense* parameters
+(an MD layer's projections), updated by an optax transformation.
+
+Example:
+  >>> import jax
+  >>> from mdcf import embeddings
+  >>> spec = embeddings.MDSpec(sizes=(10, 90), dims=(8, 2), base_dim=8)
+  >>> params = embeddings.init(jax.random.key(0), spec)
+  >>> embeddings.lookup(params, spec, jax.numpy.arange(4)).shape
+  (4, 8)
+  >>> embeddings.num_params(spec)
+  276
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["RowSparse", "Scheme", "register", "scheme", "init", "lookup", "num_params", "nbytes", "split",
+           "join", "row_heights"]
+
+
+class RowSparse(NamedTuple):
+    """What a row-sparse train step needs of a scheme (all pure; ``plan`` objects live
+    inside one traced step and carry static choices beside traced arrays).
+
+    Attributes:
+      capacities: ``(spec, batch, requested) -> slots``, a static value sizing the
+        step's per-batch work (``requested`` is ``"auto"`` or the user's setting).
+      check_capacities: ``(spec, requested) -> None | str``: ``None`` when the
+        setting is valid, else what is expected.
+      plan: ``(spec, ids, slots, heights) -> plan`` for ``[B]`` int32 ids (negative:
+        padding) and the tables' row counts (:func:`row_heights` or more, when
+        padded); ``plan.fits`` is a traced bool, or ``None`` when it cannot overflow.
+      overflow_plan: ``(spec, plan) -> plan``, exact for any batch, used when ``fits`` is False.
+      gather: ``(spec, tables, plan) -> leaves``: the differentiable leaves.
+      vectors: ``(spec, leaves, dense, plan) -> [B, d0]``; padding gives zeros.
+      updated_rows: ``(spec, plan) -> (rows, kinds)``, pytrees matching ``tables``:
+        per leaf the row ids its gradient belongs to and a kind, ``"whole"`` (the
+        gradient of the whole table; ``rows[j] == j`` marks touched rows),
+        ``"batch"`` (one gradient row per batch entry: the batch's ids) or ``"rows"``.
+    """
+
+    capacities: Callable
+    check_capacities: Callable
+    plan: Callable
+    overflow_plan: Callable
+    gather: Callable
+    vectors: Callable
+    updated_rows: Callable
+
+
+class Scheme(NamedTuple):
+    """The functions of one embedding scheme.
+
+    Attributes:
+      name: a label.
+      init: ``(key, spec, stddev, dtype) -> params``.
+      lookup: ``(params, spec, ids, capacity) -> [*ids.shape, d0]``.
+      num_params: ``spec -> int``, every parameter.
+      nbytes: ``(spec, dtype) -> int``, every byte of the parameters.
+      split: ``params -> (tables, dense)``.
+      join: ``(tables, dense) -> params``.
+      row_heights: ``spec -> `` the row count of every table leaf (a pytree of ints).
+      rows: the row-sparse members, or ``None`` (dense training only).
+    """
+
+    name: str
+    init: Callable
+    lookup: Callable
+    num_params: Callable
+    nbytes: Callable
+    split: Callable
+    join: Callable
+    row_heights: Callable
+    rows: RowSparse | None
+
+
+_SCHEMES: dict[type, Scheme] = {}
+
+
+def register(spec_type: type, value: Scheme) -> None:
+    """Make ``value`` the scheme of specs of type ``spec_type``."""
+    _SCHEMES[spec_type] = value
+
+
+def scheme(spec) -> Scheme:
+    """The :class:`Scheme` registered for ``spec``'s type."""
+    try:
+        return _SCHEMES[type(spec)]
+    except KeyError:
+        known = ", ".join(t.__name__ for t in _SCHEMES)
+        raise TypeError(f"no embedding scheme is registered for {type(spec).__name__} (known: {known})") from None
+
+
+def init(key: jax.Array, spec, stddev: float = 0.1, dtype=jnp.float32) -> Any:
+    """Random parameters of ``spec``'s layer (see each scheme's ``init``)."""
+    return scheme(spec).init(key, spec, stddev, dtype)
+
+
+def lookup(params, spec, ids, capacity: int | str | None = "auto") -> jax.Array:
+    """``[*ids.shape, d0]`` embeddings of ``ids`` (see each scheme's ``lookup``)."""
+    return scheme(spec).lookup(params, spec, ids, capacity)
+
+
+def num_params(spec) -> int:
+    """Every parameter of ``spec``'s layer."""
+    return scheme(spec).num_params(spec)
+
+
+def nbytes(spec, dtype=jnp.float32) -> int:
+    """Every byte of ``spec``'s layer with parameters stored as ``dtype``."""
+    return scheme(spec).nbytes(spec, dtype)
+
+
+def split(spec, params) -> tuple[Any, Any]:
+    """``(tables, dense)`` of a layer's parameters."""
+    return scheme(spec).split(params)
+
+
+def join(spec, tables, dense) -> Any:
+    """A layer's parameters from ``(tables, dense)`` (the inverse of :func:`split`)."""
+    return scheme(spec).join(tables, dense)
+
+
+def row_heights(spec):
+    """The row count of every table leaf of ``spec``'s layer (a pytree matching the tables)."""
+    return scheme(spec).row_heights(spec)

@@ -1,0 +1,130 @@
+"""Rating models as pure functions of a :class:`~mdcf.models.ModelConfig`.
+
+Parameters are a plain dict pytree split into row tables and dense parameters::
+
+    params = {
+        "tables": {"user": (E_0, ...), "item": (...), "user_bias": [n_users], "item_bias": [n_items]},
+        "dense": {"projections": {"user": (P_0 | None, ...), "item": ...}, "bias": scalar, ...},
+    }
+
+``tables`` holds each embedding's table leaves (:func:`mdcf.embeddings.split`) and
+the biases, all indexed by user or item rows (row-sparse updates touch only the
+rows of a batch); ``dense`` holds everything else, each embedding's dense
+parameters (an MD layer's projections) under ``"projections"``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import embeddings
+from .config import ModelConfig
+from .kinds import REGISTRY
+
+__all__ = ["init", "check_params", "layer_params", "embed", "head", "apply", "num_params"]
+
+
+def init(key: jax.Array, config: ModelConfig, global_mean: float = 0.0) -> dict:
+    """Initial parameters.
+
+    Embeddings come from :func:`mdcf.embeddings.init` (coordinates ``N(0, init_stddev**2)``),
+    biases start at zero and the global bias at ``global_mean``. MLP weights are
+    He-normal for LeakyReLU with zero biases; the output weights ``h`` start at ones
+    on the GMF part (so ``gmf`` starts as ``mf``) and LeCun-normal on the MLP part.
+    """
+    keys = iter(jax.random.split(key, 16))
+    tables, projections = {}, {}
+    for name, _, spec in config.embeddings:
+        tables[name], projections[name] = embeddings.split(
+            spec, embeddings.init(next(keys), spec, stddev=config.init_stddev))
+    if config.biases:
+        tables["user_bias"] = jnp.zeros(config.user.n_rows, jnp.float32)
+        tables["item_bias"] = jnp.zeros(config.item.n_rows, jnp.float32)
+    dense = {"projections": projections, "bias": jnp.asarray(global_mean, jnp.float32)}
+    dense.update(REGISTRY[config.kind].init_dense(keys, config))
+    return {"tables": tables, "dense": dense}
+
+
+@lru_cache(maxsize=16)
+def _param_shapes(config: ModelConfig):
+    return jax.eval_shape(lambda: init(jax.random.key(0), config))
+
+
+def check_params(config: ModelConfig, params, where: str = "params") -> None:
+    """Raise ``ValueError`` unless ``params`` have the structure and shapes that
+    :func:`init` gives for ``config`` (tables may carry extra trailing rows, as row
+    sharding pads them). Catches parameters of another model or data set, which
+    would otherwise read past their tables and give NaN predictions."""
+    if isinstance(params, jax.core.Tracer):
+        return
+    expected = _param_shapes(config)
+    found_paths = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    want_paths = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+    if found_paths.keys() != want_paths.keys():
+        missing = [jax.tree_util.keystr(k) for k in want_paths if k not in found_paths]
+        extra = [jax.tree_util.keystr(k) for k in found_paths if k not in want_paths]
+        raise ValueError(f"{where} do not match the {config.kind} model: missing {missing[:4]}, unexpected "
+                         f"{extra[:4]}; they are parameters of another model")
+    for path, want in want_paths.items():
+        shape = tuple(np.shape(found_paths[path]))
+        table = path and getattr(path[0], "key", None) == "tables"
+        fits = shape == want.shape or (table and len(shape) == len(want.shape) and shape[1:] == want.shape[1:]
+                                       and shape[0] >= want.shape[0])
+        if not fits:
+            raise ValueError(f"{where}{jax.tree_util.keystr(path)} has shape {shape}, the model needs {want.shape}: "
+                             "parameters of another model or of a model built from other data")
+
+
+def layer_params(params: dict, name: str, spec=None):
+    """The parameters of embedding ``name`` as its scheme holds them: joined by
+    ``spec``'s scheme (:func:`mdcf.embeddings.join`), an MD layer's
+    :class:`~mdcf.embeddings.MDParams` without a ``spec``."""
+    tables, dense = params["tables"][name], params["dense"]["projections"][name]
+    return embeddings.MDParams(tuple(tables), tuple(dense)) if spec is None else embeddings.join(spec, tables, dense)
+
+
+def embed(params: dict, config: ModelConfig, users: jax.Array, items: jax.Array,
+          capacity: int | str | None = "auto") -> dict[str, jax.Array]:
+    """Embedding vectors ``[B, d0]`` of every table for a batch of user and item rows.
+    ``capacity`` goes to :func:`mdcf.embeddings.lookup` (``None``: differentiable in
+    forward mode and to any order, slower)."""
+    ids = {"user": users, "item": items}
+    return {name: embeddings.lookup(layer_params(params, name, spec), spec, ids[side], capacity)
+            for name, side, spec in config.embeddings}
+
+
+def head(dense: dict, config: ModelConfig, vectors: dict[str, jax.Array], user_bias=None, item_bias=None) -> jax.Array:
+    """Predicted ratings ``[B]`` from embedding vectors (and gathered biases)."""
+    score = REGISTRY[config.kind].score(dense, config, vectors)
+    score = score + dense["bias"]
+    if config.biases:
+        score = score + user_bias + item_bias
+    return score
+
+
+def apply(params: dict, config: ModelConfig, users: jax.Array, items: jax.Array,
+          capacity: int | str | None = "auto") -> jax.Array:
+    """Predicted ratings ``[B]`` (not clipped) for user and item rows in block order.
+
+    Differentiable in ``params`` with ``jax.grad``; for forward mode (``jax.jvp``,
+    ``jax.hessian``) or a gradient of a gradient, pass ``capacity=None`` (see
+    :func:`mdcf.embeddings.lookup`)."""
+    vectors = embed(params, config, users, items, capacity)
+    user_bias = item_bias = None
+    if config.biases:
+        user_bias = params["tables"]["user_bias"][users]
+        item_bias = params["tables"]["item_bias"][items]
+    return head(params["dense"], config, vectors, user_bias, item_bias)
+
+
+def num_params(config: ModelConfig) -> int:
+    """Every trainable parameter: embeddings (projections included), biases, MLP and output."""
+    total = sum(embeddings.num_params(spec) for _, _, spec in config.embeddings)
+    if config.biases:
+        total += config.user.n_rows + config.item.n_rows
+    total += 1  # global bias
+    return total + REGISTRY[config.kind].num_dense(config)

@@ -1,0 +1,365 @@
+"""``fit``: train a model with epochs as jitted scans, validation, early stopping and a refit.
+
+:func:`fit` reads as its phases: check and prepare the settings, run a phase
+(:func:`_run_phase`: resume or start a state, then epochs until patience runs
+out), and, when validation was carved from the training data, refit on all of
+it for the chosen number of epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .. import checkpoint as checkpoints
+from .. import data as data_
+from .. import models, sharding
+from .._checks import is_int, is_real
+from ..models import Model
+from .batches import by_user, epoch_order, pack
+from .epochs import auto_sparse, cached_epoch_fn, copy_tree
+from .evaluate import predict_rows
+from .optim import Optimizer, as_optimizer, named_optimizer
+from .state import TrainState, init_state
+
+__all__ = ["fit", "FitResult", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+      model: the model (structure and id maps).
+      params: the parameters: the refit's when there was one (see :func:`fit`'s
+        ``refit``), else the best epoch's when ``restore_best``, else the last.
+      state: the final train state (for resuming), the refit's when there was one.
+      history: one dict per epoch: ``epoch``, ``train_loss``, ``train_mse``,
+        ``val_mse``, ``val_rmse`` (when validating), ``seconds``.
+      best_epoch: the epoch whose parameters were kept (1-based), or the last;
+        with a refit, the number of epochs it ran.
+      stopped_early: whether patience ran out.
+      refit_history: the refit's epochs (no validation metrics); empty without one.
+    """
+
+    model: Model
+    params: dict
+    state: TrainState
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    refit_history: list[dict] = field(default_factory=list)
+
+
+def _check_fit_args(**values) -> None:
+    """``ValueError`` naming the first of :func:`fit`'s numeric arguments that is out of range."""
+    rules = {
+        "epochs": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
+        "batch_size": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
+        "start_epoch": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
+        "seed": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
+        "patience": ("None or an integer >= 1", lambda v: v is None or (is_int(v) and v >= 1)),
+        "l2": ("a finite number >= 0", lambda v: is_real(v) and v >= 0),
+        "learning_rate": ("a finite number > 0", lambda v: v is None or (is_real(v) and v > 0)),
+        "weight_decay": ("a finite number >= 0", lambda v: v is None or (is_real(v) and v >= 0)),
+    }
+    for name, value in values.items():
+        wanted, ok = rules[name]
+        if not ok(value):
+            raise ValueError(f"fit: {name} must be {wanted}, got {value!r}")
+
+
+def fit(
+    model: Model,
+    train,
+    validation=0.1,
+    *,
+    epochs: int = 100,
+    batch_size: int = 2048,
+    optimizer_name: str = "adam",
+    learning_rate: float = 3e-3,
+    l2: float = 0.1,
+    weight_decay: float = 0.0,
+    sparse: bool | str = "auto",
+    opt: Optimizer | optax.GradientTransformation | None = None,
+    patience: int | None = 5,
+    restore_best: bool = True,
+    seed: int = 0,
+    refit: bool = True,
+    progress: bool | str = True,
+    callbacks: Sequence[Callable] = (),
+    initial_state: TrainState | None = None,
+    start_epoch: int = 0,
+    checkpoint: str | None = None,
+    mesh=None,
+    data_axis: str = "data",
+    model_axis: str | None = "model",
+) -> FitResult:
+    """Train a model with epochs as jitted scans, validation and early stopping.
+
+    Args:
+      model: from :func:`mdcf.models.build_model`.
+      train: training :class:`~mdcf.data.Ratings` (in the model's code space).
+      validation: Ratings to validate on each epoch, a fraction of ``train`` to
+        carve off for it (seeded random split; default 0.1), or None for no
+        validation (no early stopping). Never pass test data here.
+      epochs: maximum number of epochs.
+      batch_size: ratings per step.
+      optimizer_name, learning_rate, weight_decay: build the optimiser with
+        :func:`~mdcf.train.optimizer` (ignored when ``opt`` is given).
+      l2: regularisation of the embedding vectors and biases of each rating.
+      sparse: row-sparse table updates; ``"auto"`` uses them when the user and
+        item tables together have at least 8 batches of rows (below that a dense
+        step, which touches every row, is cheaper).
+      opt: an explicit optimiser (overrides the three above).
+      patience: stop after this many epochs without a better validation MSE.
+      restore_best: return the parameters of the best validation epoch.
+      seed: seeds the parameters, the validation carve-out and every epoch's shuffle.
+      refit: when ``validation`` is a fraction carved from ``train``, use the
+        carved-off part only to choose the number of epochs: after early
+        stopping, train again from the same seed on *all* of ``train`` for the
+        best epoch's count (the last epoch's without ``restore_best``) and
+        return that model. It costs about twice the epochs and gives a better
+        model (docs/training.md). Ignored for an explicit
+        validation set or None. With ``checkpoint``, the refit checkpoints to
+        ``checkpoint + ".refit"``; ``callbacks`` see the first phase only.
+      progress: show a progress bar (tqdm) with loss and validation RMSE; a
+        string labels the bar.
+      callbacks: ``callback(epoch, logs, state)`` after every epoch; returning True stops training.
+        The next epoch updates ``state``'s arrays in place (they are donated to it): a
+        callback that keeps them must copy them (``jax.tree.map(jnp.copy, state)``).
+      initial_state, start_epoch: resume from a state after ``start_epoch`` epochs
+        (gives the same result as an uninterrupted run). ``initial_state`` itself is
+        left as it is: training runs on a copy.
+      checkpoint: a path; the state is saved there atomically after every epoch,
+        and a run started with an existing checkpoint resumes from it.
+      mesh: a :class:`jax.sharding.Mesh` (e.g. :func:`mdcf.sharding.make_mesh`):
+        batches are split over ``data_axis``; with a ``model_axis`` of size > 1,
+        tables and their row-wise optimiser state are split by rows over it (this
+        needs the row-sparse optimiser). ``batch_size`` must divide evenly over
+        ``data_axis``. The result is the same as on one device up to float
+        rounding.
+
+    Returns:
+      A :class:`FitResult`.
+
+    Raises:
+      TrainingDivergedError: the loss became NaN or infinite (names the epoch and step).
+    """
+    _check_fit_args(epochs=epochs, batch_size=batch_size, start_epoch=start_epoch, seed=seed, patience=patience,
+                    l2=l2, learning_rate=None if opt is not None else learning_rate,
+                    weight_decay=None if opt is not None else weight_decay)
+    if start_epoch > epochs:
+        raise ValueError(f"fit: start_epoch={start_epoch} is past epochs={epochs}")
+    callbacks = tuple(callbacks)
+    if not all(callable(c) for c in callbacks):
+        raise TypeError(f"fit: callbacks must be callables callback(epoch, logs, state), got "
+                        f"{[c for c in callbacks if not callable(c)][:3]!r}")
+    if initial_state is not None:
+        models.check_params(model.config, initial_state.params, "fit: initial_state.params")
+    if sparse not in (True, False, "auto"):
+        raise ValueError(f"fit: sparse must be True, False or 'auto', got {sparse!r}")
+    full_train = train
+    carved = validation is not None and not hasattr(validation, "ratings")
+    if carved:
+        if not (is_real(validation) and 0 < float(validation) < 1):
+            raise ValueError(f"fit: validation must be Ratings, None, or the fraction of train to validate on "
+                             f"(strictly between 0 and 1), got {validation!r}")
+        train, validation = data_.split(train, "random", test_fraction=float(validation), seed=seed + 7919)
+    elif validation is not None and len(validation) == 0:
+        raise ValueError("fit: the validation set is empty; pass ratings to validate on, a fraction of train, "
+                         "or None for no validation (and no early stopping)")
+    if opt is None:
+        if sparse == "auto":
+            sparse = auto_sparse(model, batch_size)
+        opt = named_optimizer(optimizer_name, float(learning_rate), bool(sparse), float(weight_decay))
+    run = _Run(model, as_optimizer(opt), float(l2), seed, mesh, data_axis, model_axis)
+    first = _run_phase(run, train, validation, epochs, batch_size, patience=patience, restore_best=restore_best,
+                       progress=(progress if isinstance(progress, str) else f"fit {model.config.kind}")
+                       if progress else False,
+                       callbacks=callbacks, initial_state=initial_state, start_epoch=start_epoch,
+                       checkpoint=checkpoint)
+    if not (refit and carved and first.best_epoch > 0):
+        return FitResult(model, first.params, first.state, first.history, first.best_epoch, first.stopped)
+    again = _run_phase(run, full_train, None, first.best_epoch, batch_size, patience=None, restore_best=False,
+                       progress=f"refit {model.config.kind}" if progress else False,
+                       checkpoint=_refit_checkpoint(checkpoint, first.best_epoch))
+    return FitResult(model, again.params, again.state, first.history, first.best_epoch, first.stopped,
+                     again.history)
+
+
+class _Run(NamedTuple):
+    """What every phase of one ``fit`` shares."""
+
+    model: Model
+    opt: Optimizer
+    l2: float
+    seed: int
+    mesh: object
+    data_axis: str
+    model_axis: str | None
+
+
+class _Phase(NamedTuple):
+    """What one phase of training returns."""
+
+    params: dict
+    state: TrainState
+    history: list
+    best_epoch: int
+    stopped: bool
+
+
+def _refit_checkpoint(checkpoint: str | None, epochs: int) -> str | None:
+    """The refit's checkpoint path; one holding more epochs (of a longer run) is removed."""
+    if checkpoint is None:
+        return None
+    path = f"{checkpoint}.refit"
+    if os.path.exists(path) and checkpoints.load(path).meta.get("epoch", 0) > epochs:
+        os.remove(path)  # a refit of another run (a longer one): start it again
+    return path
+
+
+def _resume(run: _Run, path: str | None, epochs: int, initial_state, start_epoch: int):
+    """``(state, start_epoch, history, best)``: from ``initial_state``, from the checkpoint at
+    ``path`` when one exists, else a fresh state from the run's seed."""
+    history: list[dict] = []
+    best = {"mse": math.inf, "epoch": 0, "params": None, "bad": 0}
+    state = initial_state
+    if path is not None and state is None and os.path.exists(path):
+        loaded = checkpoints.load(path, opt=run.opt)
+        state, start_epoch = loaded.state, loaded.meta.get("epoch", 0)
+        if start_epoch > epochs:
+            raise ValueError(f"fit: the checkpoint {path} holds {start_epoch} epochs, more than "
+                             f"epochs={epochs}; ask for at least {start_epoch} epochs or use another path")
+        history = loaded.meta.get("history", [])
+        best.update(loaded.meta.get("best", {}))
+        best["params"] = loaded.best_params
+    if state is None:
+        state = init_state(jax.random.key(run.seed), run.model, run.opt)
+    return state, start_epoch, history, best
+
+
+def _run_phase(run: _Run, train, validation, epochs: int, batch_size: int, *, patience, restore_best: bool,
+               progress, callbacks=(), initial_state=None, start_epoch: int = 0, checkpoint=None) -> _Phase:
+    """Train on ``train`` for up to ``epochs`` epochs, validating on ``validation`` (or None)."""
+    model, config = run.model, run.model.config
+    encoded = by_user(model.encode(train))
+    n = len(train)
+    if n == 0:
+        raise ValueError("fit: the training set is empty")
+    batch_size = int(min(batch_size, n))
+    data = pack(encoded)
+    val_batch = None if validation is None else model.encode(validation)
+    state, start_epoch, history, best = _resume(run, checkpoint, epochs, initial_state, start_epoch)
+    order_sharding = None
+    if run.mesh is not None:
+        if batch_size % run.mesh.shape[run.data_axis]:
+            raise ValueError(f"batch_size {batch_size} does not split evenly over the "
+                             f"{run.mesh.shape[run.data_axis]} devices of mesh axis {run.data_axis!r}")
+        state = sharding.shard_state(state, run.mesh, run.model_axis)
+        order_sharding = sharding.batch_sharding(run.mesh, run.data_axis, leading_dims=1)
+        data = jax.device_put(data, sharding.replicated(run.mesh))
+    if initial_state is not None:  # each epoch donates its input state: never the caller's arrays
+        state = copy_tree(state)
+    epoch_args = (config, run.opt, n, batch_size, run.l2 != 0.0, run.mesh, run.data_axis, run.model_axis)
+    try:
+        run_epoch = cached_epoch_fn(*epoch_args)
+    except TypeError:  # an unhashable optimiser: compile for this fit only
+        run_epoch = cached_epoch_fn.__wrapped__(*epoch_args)
+
+    l2 = jnp.asarray(run.l2, jnp.float32)
+
+    def unpadded(value):
+        return value if run.mesh is None else sharding.trim_state(value, config)
+
+    if best["params"] is None and restore_best:
+        best["params"] = copy_tree(state.params)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, initial=start_epoch, desc=progress, unit="epoch", leave=False)
+    stopped = False
+    next_order = None
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            if patience is not None and val_batch is not None and best["bad"] >= patience:
+                stopped = True
+                break
+            started = time.perf_counter()
+            order = next_order if next_order is not None else epoch_order(run.seed, epoch, n, batch_size)
+            if order_sharding is not None:
+                order = jax.device_put(order, order_sharding)
+            new_state, losses, mses, sizes = run_epoch(state, data, order, l2)  # dispatched asynchronously
+            next_order = epoch_order(run.seed, epoch + 1, n, batch_size) if epoch < epochs else None
+            state, logs = new_state, _epoch_logs(epoch, losses, mses, sizes, n)
+            if val_batch is not None:
+                _validate(model, state, val_batch, logs, best, restore_best)
+            logs["seconds"] = time.perf_counter() - started
+            history.append(logs)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k in ("train_loss", "val_rmse")})
+            if checkpoint is not None:
+                best_params = unpadded(state._replace(params=best["params"])).params if restore_best else None
+                checkpoints.save(checkpoint, model, unpadded(state), best_params=best_params,
+                                 meta={"epoch": epoch, "history": history,
+                                       "best": {k: v for k, v in best.items() if k != "params"}})
+            if any(callback(epoch, logs, state) for callback in callbacks):
+                stopped = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if patience is not None and val_batch is not None and best["bad"] >= patience:
+        stopped = True
+    params = state.params
+    best_epoch = history[-1]["epoch"] if history else start_epoch
+    if restore_best and val_batch is not None and best["epoch"]:
+        params, best_epoch = best["params"], best["epoch"]
+    state = unpadded(state)
+    return _Phase(unpadded(state._replace(params=params)).params, state, history, best_epoch, stopped)
+
+
+def _epoch_logs(epoch: int, losses, mses, sizes, n: int) -> dict:
+    """An epoch's training metrics; :class:`TrainingDivergedError` when a loss is not finite."""
+    losses = np.asarray(losses)
+    if not np.isfinite(losses).all():
+        bad_step = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1
+        raise TrainingDivergedError(
+            f"fit: the training loss became {losses[bad_step - 1]} at epoch {epoch}, step {bad_step} of "
+            f"{len(losses)}; lower the learning rate or raise l2 (the returned model would be NaN)"
+        )
+    sizes = np.asarray(sizes)
+    return {
+        "epoch": epoch,
+        "train_loss": float(np.sum(losses * sizes) / n),
+        "train_mse": float(np.sum(np.asarray(mses) * sizes) / n),
+    }
+
+
+def _validate(model: Model, state: TrainState, val_batch: dict, logs: dict, best: dict, restore_best: bool) -> None:
+    """Adds the validation MSE and RMSE to ``logs`` and keeps ``best`` up to date."""
+    pred = predict_rows(model, state.params, val_batch["users"], val_batch["items"])
+    val_mse = float(np.mean((pred - val_batch["ratings"]) ** 2))
+    logs["val_mse"], logs["val_rmse"] = val_mse, math.sqrt(val_mse)
+    if val_mse < best["mse"]:
+        best.update(mse=val_mse, epoch=logs["epoch"], bad=0)
+        if restore_best:
+            best["params"] = copy_tree(state.params)  # the next epoch donates state
+    else:
+        best["bad"] += 1
+
