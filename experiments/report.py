@@ -16,70 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from mdcf import sweep
-
-
-def ablation_table(rows) -> str:
-    chosen = sweep.select(rows)
-    lines = [f"{'alpha':>6} {'params':>8} | {'train popular':>14} {'train rare':>14} | {'test popular':>14} "
-             f"{'test rare':>14} | {'test all':>14}"]
-    for alpha in sorted({r["alpha"] for r in chosen}):
-        cell = [r for r in chosen if r["alpha"] == alpha]
-        stat = lambda key: f"{np.mean([r[key] for r in cell]):.4f}+-{np.std([r[key] for r in cell]):.4f}"  # noqa: E731
-        lines.append(f"{alpha:>6g} {int(np.mean([r['params'] for r in cell])):>8,} | {stat('train_mse_popular'):>14} "
-                     f"{stat('train_mse_rare'):>14} | {stat('test_mse_popular'):>14} {stat('test_mse_rare'):>14} | "
-                     f"{stat('test_mse'):>14}")
-    return "\n".join(lines)
-
-
-def _stat(cell, key) -> str:
-    values = [r[key] for r in cell]
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
-
-
-def markdown_sweep(rows) -> str:
-    """Every (budget, alpha) cell's test MSE (mean ± std over seeds, best l2 on
-    validation), and the validation-chosen MD alpha against uniform, paired per seed."""
-    chosen = sweep.select(rows)
-    alphas = sorted({r["alpha"] for r in chosen})
-    names = ["uniform" if a == 0 else f"MD α={a:g}" for a in alphas]
-    lines = ["| budget | exact params | " + " | ".join(names) + " | MD (α on validation) − uniform, per seed |",
-             "|---:|---|" + "---|" * len(alphas) + "---|"]
-    for budget in sorted({r["budget"] for r in chosen}):
-        cells = {a: [r for r in chosen if r["budget"] == budget and r["alpha"] == a] for a in alphas}
-        cells = {a: c for a, c in cells.items() if c}
-        params = sorted({r["params"] for c in cells.values() for r in c})
-        span = f"{params[0]:,}" if len(params) == 1 else f"{params[0]:,} – {params[-1]:,}"
-        row = [f"{budget:,}", span] + [_stat(cells[a], "test_mse") if a in cells else "–" for a in alphas]
-        md = {a: c for a, c in cells.items() if a > 0}
-        if md and 0.0 in cells:
-            alpha = sweep.best_alpha(md)
-            paired = sweep.paired_difference(md[alpha], cells[0.0])
-            row.append(f"α={alpha:g}: {np.mean(paired):+.4f} ± {np.std(paired):.4f} (n={len(paired)})")
-        else:
-            row.append("–")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def markdown_ablation(rows) -> str:
-    chosen = sweep.select(rows)
-    keys = ("train_mse_popular", "train_mse_rare", "test_mse_popular", "test_mse_rare", "test_mse")
-    lines = ["| α | params | train MSE popular | train MSE rare | test MSE popular | test MSE rare | test MSE all "
-             "| test popular − α=0, per seed | test rare − α=0, per seed |",
-             "|---:|---:|---|---|---|---|---|---|---|"]
-    base = [r for r in chosen if r["alpha"] == 0]
-    for alpha in sorted({r["alpha"] for r in chosen}):
-        cell = [r for r in chosen if r["alpha"] == alpha]
-        paired = []
-        for key in ("test_mse_popular", "test_mse_rare"):
-            diffs = sweep.paired_difference(cell, base, key)
-            paired.append(f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f}" if diffs and alpha != 0 else "–")
-        lines.append(f"| {alpha:g} | {int(np.mean([r['params'] for r in cell])):,} | "
-                     + " | ".join([_stat(cell, k) for k in keys] + paired) + " |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -97,9 +34,9 @@ def main(argv=None) -> int:
         print(f"== {folder}: {len(ok)} runs, seeds {seeds}")
         ablation = len({r["budget"] for r in ok}) == 1
         if args.markdown:
-            print(markdown_ablation(rows) if ablation else markdown_sweep(rows))
+            print(sweep.markdown_ablation(rows) if ablation else sweep.markdown_sweep(rows))
         elif ablation:
-            print(ablation_table(rows))
+            print(sweep.ablation_table(rows))
         else:
             print(sweep.summary_table(rows))
             print(sweep.claim_check(rows))

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mdcf import data
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mdcf", description=__doc__)
@@ -16,8 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["summary", *(argv or [])])
-
-    from mdcf import data
 
     try:
         if args.dataset in data.MOVIELENS:

@@ -29,8 +29,9 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping
 
+import ml_dtypes
 import numpy as np
 
 __all__ = [
@@ -114,8 +115,6 @@ def _dtype_tag(dtype: np.dtype, name: str) -> str:
     is a bare void ``'<V2'``, their name."""
     if dtype.kind != "V":
         return dtype.str
-    import ml_dtypes
-
     if dtype.names is None and isinstance(getattr(ml_dtypes, dtype.name, None), type):
         return dtype.name
     raise TypeError(f"write_arrays: array {name!r} has dtype {dtype}, which cannot be stored; "
@@ -123,8 +122,6 @@ def _dtype_tag(dtype: np.dtype, name: str) -> str:
 
 
 def _dtype_from_tag(tag: str) -> np.dtype:
-    import ml_dtypes
-
     extended = getattr(ml_dtypes, tag, None) if tag.isidentifier() else None
     return np.dtype(extended) if isinstance(extended, type) else np.dtype(tag)
 

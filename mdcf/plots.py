@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from . import io
-from .sweep import select
+from .sweep.analysis import select
 
 __all__ = ["budget_curves", "alpha_ablation", "block_dims", "frequency_curve", "save"]
 

@@ -4,6 +4,8 @@ import configparser
 import re
 from pathlib import Path
 
+import pytest
+
 import mdcf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +42,27 @@ def test_layout():
         assert (ROOT / folder).is_dir(), folder
 
 
-def test_readme_python_examples_run(ml100k_dir, monkeypatch, capsys):
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_readme_is_a_front_door():
+    assert len((ROOT / "README.md").read_bytes()) <= 10 * 1024
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_links_between_pages_resolve(page):
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+        assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_python_examples_run(page, ml100k_dir, monkeypatch, capsys):
     monkeypatch.setenv("MDCF_DATA_DIR", str(ml100k_dir))
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)\n```", text, flags=re.S)
-    assert blocks
+    blocks = re.findall(r"```python\n(.*?)\n```", page.read_text(), flags=re.S)
+    if page.name in ("README.md", "data.md", "embeddings.md", "training.md", "devices.md"):
+        assert blocks, f"{page.name} lost its examples"
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, str(page.relative_to(ROOT)), "exec"), {})
 
 
 def test_command_line_summary_and_its_errors(tmp_path, capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from mdcf import checkpoint, data, embeddings, io, models, train
+from mdcf import checkpoint, data, io, models, train
 from mdcf.embeddings import MDSpec, md_rows
 from mdcf.train import sparse as row_updates
 from mdcf.models import ModelConfig

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
 __all__ = [
     "Ratings",
@@ -151,8 +152,6 @@ class Ratings:
 
     def to_dataframe(self):
         """A pandas DataFrame with original ids: columns user, item, rating[, timestamp]."""
-        import pandas as pd
-
         columns = {
             "user": self.user_ids[self.users],
             "item": self.item_ids[self.items],
@@ -451,8 +450,6 @@ def from_dataframe(
       >>> from_dataframe(df, user="u", item="i", rating="r").n_users
       2
     """
-    import pandas as pd
-
     wanted = {"user": user, "item": item, "rating": rating}
     if timestamp is not None:
         wanted["timestamp"] = timestamp

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import pandas as pd
 
 from .ratings import Ratings, from_arrays
 
@@ -289,8 +290,6 @@ def _validate_lines(
 
 def _fast_parse(source: _Source, layout: _Layout, scale):
     """Parse with pandas' C engine. Returns column arrays, or None if anything looked wrong."""
-    import pandas as pd
-
     if layout.sep == "::":
         # The C engine takes single-character separators only; pandas would
         # otherwise fall back to its (very slow) python engine.
@@ -338,8 +337,6 @@ def _fast_parse(source: _Source, layout: _Layout, scale):
                 return None
             return array.astype(np.int64)
         if array.dtype.kind == "O":
-            import pandas as pd
-
             if pd.isna(array).any():
                 return None
             return array.astype(str)  # strings, or ints and strings mixed across chunks

@@ -10,6 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from .._checks import is_real
+from .movielens import MOVIELENS, DatasetUnavailableError, movielens_archive
 from .ratings import Ratings
 from .readers import read_ratings
 
@@ -184,8 +185,6 @@ def official_split(
     Raises:
       DatasetUnavailableError: the archive is not available; the message says where to put it.
     """
-    from .movielens import DatasetUnavailableError, MOVIELENS, movielens_archive
-
     if which not in OFFICIAL_SPLITS:
         raise ValueError(f"which must be one of {OFFICIAL_SPLITS}, got {which!r}")
     if archive is None:

@@ -8,7 +8,6 @@ emitted loops differ. Why each form is chosen, with the measurements, is in
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 __all__ = ["take_rows", "scatter_rows", "project", "row_view", "view_width"]
 

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .. import embeddings
 from ..embeddings import MDSpec
 from .kinds import KINDS, REGISTRY
 
@@ -18,7 +19,8 @@ class ModelConfig:
 
     Attributes:
       kind: one of :data:`KINDS`.
-      user, item: embedding structures (``MDSpec.uniform(n, d)`` for plain tables).
+      user, item: embedding specs of any registered scheme (:mod:`mdcf.embeddings`;
+        ``MDSpec.uniform(n, d)`` for plain tables).
         Their base dimensions must match for ``mf``, ``gmf`` and ``neumf``.
       biases: learn per-user and per-item biases.
       layers: MLP hidden sizes (``mlp`` and ``neumf``).
@@ -37,8 +39,11 @@ class ModelConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if not isinstance(self.user, MDSpec) or not isinstance(self.item, MDSpec):
-            raise TypeError("user and item must be MDSpec structures")
+        for side in ("user", "item"):
+            try:
+                embeddings.scheme(getattr(self, side))
+            except TypeError as err:
+                raise TypeError(f"ModelConfig: {side} must be an embedding spec (e.g. MDSpec): {err}") from None
         if REGISTRY[self.kind].multiplies and self.user.base_dim != self.item.base_dim:
             raise ValueError(
                 f"{self.kind} multiplies user and item embeddings, so their base dims must match: "

@@ -19,7 +19,6 @@ classic MF SGD does; it touches only the rows of the batch. ``weight_decay``
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable
 
 import jax

@@ -1,0 +1,65 @@
+"""Equal-budget experiments: uniform against mixed dimensions at exactly matched parameter counts.
+
+One *cell* is (budget, alpha, seed). Alpha 0 is the uniform baseline: one table
+per side of the largest dimension that fits the budget. Alpha > 0 is an MD model
+(frequency equipartition into ``blocks`` blocks, popularity-based dimensions
+solved by :func:`mdcf.sizing.solve_budget`) whose *total* parameter count,
+projections, biases and MLP included, lies within 1% below the same budget.
+Every cell trains each point of the same small grid of regularisation
+strengths (and learning rates) with early stopping on a validation split
+carved from the training data, so no configuration wins by being better
+tuned; the grid point with the best validation MSE is the cell's result.
+
+Results go to a CSV with one row per training run, appended atomically as runs
+finish; a rerun skips the runs already there, so a killed sweep loses at most
+the run in flight. :func:`select` picks each cell's best-validation run.
+"""
+
+from .analysis import (
+    ablation_table,
+    best_alpha,
+    claim_check,
+    fraction_check,
+    markdown_ablation,
+    markdown_sweep,
+    paired_difference,
+    select,
+    summary_table,
+)
+from .budget import (
+    PAPER_ABLATION_BUDGET,
+    PAPER_ABLATION_ROWS,
+    ablation_budget,
+    ablation_model_budget,
+    model_for_budget,
+    natural_budgets,
+)
+from .config import SweepConfig, add_device_arguments, check_dataset, fast_mode, load_dataset, mesh_from_arguments
+from .runs import COLUMNS, read_results, run_sweep
+
+__all__ = [
+    "COLUMNS",
+    "SweepConfig",
+    "fast_mode",
+    "check_dataset",
+    "load_dataset",
+    "mesh_from_arguments",
+    "add_device_arguments",
+    "natural_budgets",
+    "model_for_budget",
+    "ablation_budget",
+    "ablation_model_budget",
+    "PAPER_ABLATION_BUDGET",
+    "PAPER_ABLATION_ROWS",
+    "run_sweep",
+    "read_results",
+    "select",
+    "best_alpha",
+    "paired_difference",
+    "summary_table",
+    "claim_check",
+    "fraction_check",
+    "ablation_table",
+    "markdown_sweep",
+    "markdown_ablation",
+]

@@ -1,0 +1,214 @@
+"""Running a sweep and its results store: one CSV row per training run, appended atomically."""
+
+from __future__ import annotations
+
+import csv
+import io as stdio
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import jax
+
+from .. import data, embeddings, io, models, train
+from .budget import model_for_budget, natural_budgets
+from .config import SweepConfig, load_dataset
+
+__all__ = ["COLUMNS", "run_sweep", "read_results"]
+
+COLUMNS = (
+    "dataset", "model", "budget", "params", "alpha", "blocks", "base_dim", "user_dims", "item_dims", "seed",
+    "l2", "learning_rate", "train_mse", "train_mse_popular", "train_mse_rare", "val_mse", "test_mse",
+    "test_mse_popular", "test_mse_rare", "test_rmse", "epochs", "best_epoch", "seconds", "status",
+)
+_KEY = ("dataset", "model", "budget", "alpha", "blocks", "seed", "l2", "learning_rate")
+
+
+def read_results(path) -> list[dict]:
+    """The rows of a results CSV (numbers as floats/ints)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ValueError(f"{path}: columns {reader.fieldnames} do not match this version's {list(COLUMNS)}; "
+                             "use another output folder")
+        rows = []
+        for number, row in enumerate(reader, start=2):
+            try:
+                for name in ("budget", "params", "blocks", "base_dim", "seed", "epochs", "best_epoch"):
+                    row[name] = int(float(row[name])) if row[name] != "" else None
+                for name in COLUMNS:
+                    if name not in ("dataset", "model", "user_dims", "item_dims", "status") and isinstance(row[name], str):
+                        row[name] = float(row[name]) if row[name] != "" else math.nan
+            except ValueError as err:
+                raise ValueError(f"{path}, line {number}: unreadable row ({err})") from None
+            rows.append(row)
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    """Append one row atomically: the whole file is rewritten to a temporary and renamed."""
+    existing = path.read_text() if path.is_file() else ""
+    buffer = stdio.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    if not existing:
+        writer.writeheader()
+    writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    with io.atomic_write(path, "w") as f:
+        f.write(existing + buffer.getvalue())
+
+
+def _key(row: dict) -> tuple:
+    return tuple(str(row[k]) if k in ("dataset", "model") else float(row[k]) for k in _KEY)
+
+
+def _dims(spec: embeddings.MDSpec) -> str:
+    return "-".join(str(d) for d in spec.dims)
+
+
+_GRID_FIELDS = ("seeds", "budgets", "dims", "alphas", "l2_grid", "learning_rates")
+
+
+def _merge_configs(saved: dict, config: SweepConfig, where) -> SweepConfig:
+    """The union of a saved configuration and ``config`` when they differ only in grid lists."""
+    new = json.loads(config.to_json())
+    fixed = sorted(k for k in set(saved) | set(new) if k not in _GRID_FIELDS and saved.get(k) != new.get(k))
+    if bool(saved.get("budgets")) != bool(new.get("budgets")):
+        fixed.append("budgets (explicit budgets against natural budgets from dims)")
+    if fixed:
+        details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {new.get(k)!r}" for k in fixed if k in new)
+        raise ValueError(f"{where} holds a sweep with other settings ({details or ', '.join(fixed)}); results "
+                         "would not be comparable: use another output folder")
+    merged = {}
+    for key in _GRID_FIELDS:
+        values = list(saved.get(key, []))
+        merged[key] = tuple(values + [v for v in new[key] if v not in values])
+    return replace(config, **merged)
+
+
+def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = True, log=print,
+              mesh=None) -> list[dict]:
+    """Run (or resume) a sweep; returns all result rows, including earlier ones.
+
+    Writes ``config.json`` and ``results.csv`` in ``out_dir``. A rerun with the
+    same folder skips finished runs. A run whose training diverges is recorded
+    with status ``diverged`` (and skipped by :func:`select`); the sweep goes on.
+
+    A configuration that differs from the saved one only in its grid lists
+    (seeds, budgets, dims, alphas, l2_grid, learning_rates) extends the sweep:
+    the saved configuration becomes the union of both and only the missing runs
+    are trained. Any other difference is refused (the runs would not be
+    comparable), unless the folder holds no finished run yet: then the new
+    configuration replaces the saved one.
+
+    With a ``mesh`` (:func:`mdcf.sharding.make_mesh`) every run trains on it
+    (batches split over its ``data`` axis; a ``model`` axis larger than one
+    splits table rows and uses the row-sparse optimiser); results equal the
+    one-device run up to float rounding. In a multi-host run every process
+    calls this with the same arguments and only process 0 writes; the output
+    folder must be one all hosts read (resuming reads it).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / "config.json"
+    results_path = out_dir / "results.csv"
+    previous = read_results(results_path)
+    saved = config
+    if config_path.is_file() and previous:  # with no finished run, the saved settings bind nothing
+        saved = _merge_configs(json.loads(config_path.read_text()), config, config_path)
+    if ratings is None:  # before config.json is written: a data set that fails to load leaves no trace
+        ratings = load_dataset(config.dataset, config.synthetic)
+    writer = jax.process_index() == 0
+    if writer:
+        with io.atomic_write(config_path, "w") as f:
+            f.write(saved.to_json())
+    done = {_key(r) for r in previous}
+    model_kwargs: dict = {}
+    bar = None
+    total_runs = len(config.seeds) * (len(config.budgets) or len(config.dims)) * len(config.alphas) * \
+        len(config.l2_grid) * len(config.learning_rates)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_runs, desc=f"sweep {config.dataset} {config.model}", unit="run")
+    try:
+        for seed in config.seeds:
+            train_all, test = data.split(ratings, "random", config.test_fraction, seed=seed)
+            fit_part, val = data.split(train_all, "random", config.val_fraction, seed=seed + 1)
+            budgets = list(config.budgets) or natural_budgets(fit_part, config.model, config.dims, **model_kwargs)
+            for budget in budgets:
+                for alpha in config.alphas:
+                    base = {"dataset": config.dataset, "model": config.model, "budget": int(budget),
+                            "alpha": float(alpha), "blocks": config.blocks, "seed": seed}
+                    grid = [(l2, lr) for l2 in config.l2_grid for lr in config.learning_rates]
+                    todo = [(l2, lr) for l2, lr in grid if _key({**base, "l2": l2, "learning_rate": lr}) not in done]
+                    if bar is not None:
+                        bar.update(len(grid) - len(todo))
+                    if not todo:
+                        continue
+                    model, reason = model_for_budget(fit_part, config.model, budget, alpha, config.blocks,
+                                                     config.base_dims, **model_kwargs)
+                    for l2, lr in todo:
+                        row = {**base, "l2": l2, "learning_rate": lr}
+                        if model is None:
+                            row.update(status=f"infeasible: {reason}"[:300])
+                        else:
+                            try:
+                                row.update(_train_one(model, fit_part, val, test, config, seed, l2, lr, mesh))
+                            except train.TrainingDivergedError as err:  # a grid point, not the sweep, fails
+                                row.update(status=f"diverged: {err}"[:300])
+                                log(f"budget {budget:,}, alpha {alpha:g}, seed {seed}, l2 {l2:g}, lr {lr:g}: {err}")
+                        if writer:
+                            _append(results_path, row)
+                        done.add(_key(row))
+                        if bar is not None:
+                            bar.update(1)
+                            if "test_mse" in row:
+                                bar.set_postfix(budget=budget, alpha=alpha, test_mse=round(row["test_mse"], 4))
+                    # Every model compiles its own functions; long sweeps would otherwise
+                    # accumulate compiled code until memory runs out. The runs of one model
+                    # share what they can before it is dropped: its compiled initial state,
+                    # epoch (l2 is an argument of it) and evaluation.
+                    jax.clear_caches()
+    finally:
+        if bar is not None:
+            bar.close()
+    return read_results(results_path)
+
+
+def _train_one(model, fit_part, val, test, config: SweepConfig, seed: int, l2: float, lr: float,
+               mesh=None) -> dict:
+    started = time.perf_counter()
+    if mesh is not None and mesh.shape.get("model", 1) > 1 and not train.auto_sparse(model, config.batch_size):
+        rows = model.config.user.n_rows + model.config.item.n_rows
+        raise ValueError(
+            f"a mesh with a model axis of {mesh.shape['model']} splits table rows, which needs row-sparse updates, "
+            f"but these tables ({rows:,} rows, fewer than 8 batches of {config.batch_size}) train with dense "
+            "ones: use a data-only mesh (--mesh DATA 1), which also gives the one-device results")
+    result = train.fit(model, fit_part, val, epochs=config.epochs, batch_size=config.batch_size,
+                       learning_rate=lr, l2=l2, patience=config.patience, seed=seed, progress=False, mesh=mesh)
+    on_train = train.evaluate(model, result.params, fit_part)
+    on_val = train.evaluate(model, result.params, val)
+    on_test = train.evaluate(model, result.params, test)
+    return {
+        "params": models.num_params(model.config),
+        "base_dim": model.config.user.base_dim,
+        "user_dims": _dims(model.config.user),
+        "item_dims": _dims(model.config.item),
+        "train_mse": on_train["mse"],
+        "train_mse_popular": on_train["mse_popular"],
+        "train_mse_rare": on_train["mse_rare"],
+        "val_mse": on_val["mse"],
+        "test_mse": on_test["mse"],
+        "test_mse_popular": on_test["mse_popular"],
+        "test_mse_rare": on_test["mse_rare"],
+        "test_rmse": on_test["rmse"],
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "seconds": round(time.perf_counter() - started, 2),
+        "status": "ok",
+    }
