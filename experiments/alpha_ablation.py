@@ -73,15 +73,10 @@ def main(argv=None) -> int:
     results = sweep.run_sweep(config, out, ratings=ratings, progress=not args.no_progress, mesh=mesh)
     if jax.process_index() != 0:
         return 0  # process 0 reports and plots
-    chosen = sorted(sweep.select(results), key=lambda r: (r["alpha"], r["seed"]))
     print(f"\n{args.dataset}, {args.model}, budget {budget:,} parameters: MSE by item popularity "
           "(each cell's best l2 on validation)")
-    print(f"{'alpha':>6} {'seed':>4} {'params':>9} {'train pop':>9} {'train rare':>10} {'test pop':>9} "
-          f"{'test rare':>9} {'test all':>9}")
-    for r in chosen:
-        print(f"{r['alpha']:>6g} {r['seed']:>4} {r['params']:>9,} {r['train_mse_popular']:>9.4f} "
-              f"{r['train_mse_rare']:>10.4f} {r['test_mse_popular']:>9.4f} {r['test_mse_rare']:>9.4f} {r['test_mse']:>9.4f}")
-    if not chosen:
+    print(sweep.ablation_runs_table(results))
+    if not sweep.select(results):
         print(f"\nresults: {out / 'results.csv'}\nno finished run to plot")
         return 0
     figure = plots.alpha_ablation(results, title=f"{args.dataset} {args.model}, {budget:,} parameters")

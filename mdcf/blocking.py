@@ -2,7 +2,7 @@
 
 A :class:`Blocking` maps the rows of an embedding table to a *block order*:
 rows sorted by training frequency, most frequent first, and cut into
-contiguous blocks. The MD layer (:mod:`mdcf.embedding`) works on block-ordered
+contiguous blocks. The MD layer (:mod:`mdcf.embeddings`) works on block-ordered
 row ids ``0..n-1``, where block ``i`` holds rows ``offsets[i] .. offsets[i] + sizes[i] - 1``;
 translate original rows with ``blocking.position[rows]``.
 

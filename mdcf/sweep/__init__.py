@@ -16,6 +16,7 @@ the run in flight. :func:`select` picks each cell's best-validation run.
 """
 
 from .analysis import (
+    ablation_runs_table,
     ablation_table,
     best_alpha,
     claim_check,
@@ -60,6 +61,7 @@ __all__ = [
     "claim_check",
     "fraction_check",
     "ablation_table",
+    "ablation_runs_table",
     "markdown_sweep",
     "markdown_ablation",
 ]

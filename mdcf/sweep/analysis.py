@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["select", "best_alpha", "paired_difference", "summary_table", "claim_check", "fraction_check",
-           "ablation_table", "markdown_sweep", "markdown_ablation"]
+           "ablation_table", "ablation_runs_table", "markdown_sweep", "markdown_ablation"]
 
 
 def select(rows: list[dict]) -> list[dict]:
@@ -182,4 +182,16 @@ def markdown_ablation(rows) -> str:
             paired.append(f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f}" if diffs and alpha != 0 else "–")
         lines.append(f"| {alpha:g} | {int(np.mean([r['params'] for r in cell])):,} | "
                      + " | ".join([_stat(cell, k) for k in keys] + paired) + " |")
+    return "\n".join(lines)
+
+
+def ablation_runs_table(rows) -> str:
+    """Each (alpha, seed) cell's best-validation run: MSE on the popular and rare thirds of items."""
+    chosen = sorted(select(rows), key=lambda r: (r["alpha"], r["seed"]))
+    lines = [f"{'alpha':>6} {'seed':>4} {'params':>9} {'train pop':>9} {'train rare':>10} {'test pop':>9} "
+             f"{'test rare':>9} {'test all':>9}"]
+    for r in chosen:
+        lines.append(f"{r['alpha']:>6g} {r['seed']:>4} {r['params']:>9,} {r['train_mse_popular']:>9.4f} "
+                     f"{r['train_mse_rare']:>10.4f} {r['test_mse_popular']:>9.4f} {r['test_mse_rare']:>9.4f} "
+                     f"{r['test_mse']:>9.4f}")
     return "\n".join(lines)

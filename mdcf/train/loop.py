@@ -158,12 +158,39 @@ def fit(
     Raises:
       TrainingDivergedError: the loss became NaN or infinite (names the epoch and step).
     """
-    _check_fit_args(epochs=epochs, batch_size=batch_size, start_epoch=start_epoch, seed=seed, patience=patience,
-                    l2=l2, learning_rate=None if opt is not None else learning_rate,
-                    weight_decay=None if opt is not None else weight_decay)
-    if start_epoch > epochs:
-        raise ValueError(f"fit: start_epoch={start_epoch} is past epochs={epochs}")
     callbacks = tuple(callbacks)
+    train_part, validation, carved, opt = _prepare(
+        model, train, validation, opt, dict(epochs=epochs, batch_size=batch_size, start_epoch=start_epoch, seed=seed,
+                                            patience=patience, l2=l2, learning_rate=learning_rate,
+                                            weight_decay=weight_decay, optimizer_name=optimizer_name,
+                                            sparse=sparse, callbacks=callbacks, initial_state=initial_state))
+    run = _Run(model, opt, float(l2), seed, mesh, data_axis, model_axis)
+    first = _run_phase(run, train_part, validation, epochs, batch_size, patience=patience, restore_best=restore_best,
+                       progress=(progress if isinstance(progress, str) else f"fit {model.config.kind}")
+                       if progress else False,
+                       callbacks=callbacks, initial_state=initial_state, start_epoch=start_epoch,
+                       checkpoint=checkpoint)
+    if not (refit and carved and first.best_epoch > 0):
+        return FitResult(model, first.params, first.state, first.history, first.best_epoch, first.stopped)
+    again = _run_phase(run, train, None, first.best_epoch, batch_size, patience=None, restore_best=False,
+                       progress=f"refit {model.config.kind}" if progress else False,
+                       checkpoint=_refit_checkpoint(checkpoint, first.best_epoch))
+    return FitResult(model, again.params, again.state, first.history, first.best_epoch, first.stopped,
+                     again.history)
+
+
+def _prepare(model: Model, train, validation, opt, settings: dict):
+    """``fit``'s arguments checked (a ``ValueError`` naming the first one out of range),
+    the validation part carved from ``train`` when asked, and the optimiser built:
+    ``(train part, validation, carved, opt)``."""
+    epochs, seed, sparse, callbacks = settings["epochs"], settings["seed"], settings["sparse"], settings["callbacks"]
+    initial_state, batch_size = settings["initial_state"], settings["batch_size"]
+    learning_rate, weight_decay = settings["learning_rate"], settings["weight_decay"]
+    _check_fit_args(**{k: settings[k] for k in ("epochs", "batch_size", "start_epoch", "seed", "patience", "l2")},
+                    learning_rate=None if opt is not None else learning_rate,
+                    weight_decay=None if opt is not None else weight_decay)
+    if settings["start_epoch"] > epochs:
+        raise ValueError(f"fit: start_epoch={settings['start_epoch']} is past epochs={epochs}")
     if not all(callable(c) for c in callbacks):
         raise TypeError(f"fit: callbacks must be callables callback(epoch, logs, state), got "
                         f"{[c for c in callbacks if not callable(c)][:3]!r}")
@@ -171,7 +198,6 @@ def fit(
         models.check_params(model.config, initial_state.params, "fit: initial_state.params")
     if sparse not in (True, False, "auto"):
         raise ValueError(f"fit: sparse must be True, False or 'auto', got {sparse!r}")
-    full_train = train
     carved = validation is not None and not hasattr(validation, "ratings")
     if carved:
         if not (is_real(validation) and 0 < float(validation) < 1):
@@ -184,20 +210,8 @@ def fit(
     if opt is None:
         if sparse == "auto":
             sparse = auto_sparse(model, batch_size)
-        opt = named_optimizer(optimizer_name, float(learning_rate), bool(sparse), float(weight_decay))
-    run = _Run(model, as_optimizer(opt), float(l2), seed, mesh, data_axis, model_axis)
-    first = _run_phase(run, train, validation, epochs, batch_size, patience=patience, restore_best=restore_best,
-                       progress=(progress if isinstance(progress, str) else f"fit {model.config.kind}")
-                       if progress else False,
-                       callbacks=callbacks, initial_state=initial_state, start_epoch=start_epoch,
-                       checkpoint=checkpoint)
-    if not (refit and carved and first.best_epoch > 0):
-        return FitResult(model, first.params, first.state, first.history, first.best_epoch, first.stopped)
-    again = _run_phase(run, full_train, None, first.best_epoch, batch_size, patience=None, restore_best=False,
-                       progress=f"refit {model.config.kind}" if progress else False,
-                       checkpoint=_refit_checkpoint(checkpoint, first.best_epoch))
-    return FitResult(model, again.params, again.state, first.history, first.best_epoch, first.stopped,
-                     again.history)
+        opt = named_optimizer(settings["optimizer_name"], float(learning_rate), bool(sparse), float(weight_decay))
+    return train, validation, carved, as_optimizer(opt)
 
 
 class _Run(NamedTuple):
