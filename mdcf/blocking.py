@@ -118,7 +118,7 @@ def equipartition(counts: Sequence[float] | np.ndarray, k: int) -> Blocking:
 
     Example:
       >>> b = equipartition([1, 10, 1, 3, 5], k=2)
-      >>> b.sizes, b.mass, list(b.order)
+      >>> b.sizes, b.mass, b.order.tolist()
       ((1, 4), (10.0, 10.0), [1, 4, 3, 0, 2])
     """
     counts = _check_counts(counts)

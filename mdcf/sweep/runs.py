@@ -127,7 +127,6 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
         with io.atomic_write(config_path, "w") as f:
             f.write(saved.to_json())
     done = {_key(r) for r in previous}
-    model_kwargs: dict = {}
     bar = None
     total_runs = len(config.seeds) * (len(config.budgets) or len(config.dims)) * len(config.alphas) * \
         len(config.l2_grid) * len(config.learning_rates)
@@ -139,7 +138,7 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
         for seed in config.seeds:
             train_all, test = data.split(ratings, "random", config.test_fraction, seed=seed)
             fit_part, val = data.split(train_all, "random", config.val_fraction, seed=seed + 1)
-            budgets = list(config.budgets) or natural_budgets(fit_part, config.model, config.dims, **model_kwargs)
+            budgets = list(config.budgets) or natural_budgets(fit_part, config.model, config.dims)
             for budget in budgets:
                 for alpha in config.alphas:
                     base = {"dataset": config.dataset, "model": config.model, "budget": int(budget),
@@ -151,7 +150,7 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
                     if not todo:
                         continue
                     model, reason = model_for_budget(fit_part, config.model, budget, alpha, config.blocks,
-                                                     config.base_dims, **model_kwargs)
+                                                     config.base_dims)
                     for l2, lr in todo:
                         row = {**base, "l2": l2, "learning_rate": lr}
                         if model is None:
