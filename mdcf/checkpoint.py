@@ -21,13 +21,22 @@ from .models import Model, ModelConfig
 from .train.optim import as_optimizer
 from .train.state import TrainState, init_state
 
-__all__ = ["CheckpointMismatchError", "Checkpoint", "save", "load"]
+__all__ = ["CheckpointMismatchError", "Checkpoint", "save", "load", "model_differences"]
 
 _CHECKPOINT_VERSION = 1
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit what it is loaded into (structure, shapes or optimiser)."""
+    """A checkpoint does not fit what it is loaded into (structure, shapes or optimiser).
+
+    Attributes:
+      differences: when the saved model is not the expected one, what differs
+        (:func:`model_differences`); empty otherwise.
+    """
+
+    def __init__(self, message: str, differences: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.differences = tuple(differences)
 
 
 class Checkpoint(NamedTuple):
@@ -47,6 +56,33 @@ class Checkpoint(NamedTuple):
     state: Any
     best_params: Any
     meta: dict
+
+
+_MODEL_ARRAYS = ("model/user_ids", "model/item_ids", "model/user_rows", "model/item_rows")
+
+
+def model_differences(saved: Model, model: Model) -> list[str]:
+    """What differs between two models, in words: structure fields, then id maps (empty: the same model)."""
+    out = []
+    a, b = saved.config.to_dict(), model.config.to_dict()
+    for key in a.keys() | b.keys():
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):  # an embedding spec
+            out += [f"{key} {sub}: saved {_short(a[key].get(sub))}, now {_short(b[key].get(sub))}"
+                    for sub in sorted(a[key].keys() | b[key].keys()) if a[key].get(sub) != b[key].get(sub)]
+        elif a.get(key) != b.get(key):
+            out.append(f"{key}: saved {_short(a.get(key))}, now {_short(b.get(key))}")
+    out.sort()
+    for side in ("user", "item"):
+        same = all(np.array_equal(getattr(saved, f"{side}_{kind}"), getattr(model, f"{side}_{kind}"))
+                   for kind in ("ids", "rows"))
+        if not same:
+            out.append(f"{side} ids or their rows (a model built from other data)")
+    return out
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _flatten(prefix: str, tree, out: dict) -> None:
@@ -124,7 +160,7 @@ def save(path: os.PathLike | str, model, state_or_params, *, best_params=None, m
     write_arrays(path, arrays, header)
 
 
-def load(path: os.PathLike | str, opt=None) -> Checkpoint:
+def load(path: os.PathLike | str, opt=None, *, model: Model | None = None) -> Checkpoint:
     """Load a checkpoint written by :func:`save`.
 
     Args:
@@ -132,21 +168,34 @@ def load(path: os.PathLike | str, opt=None) -> Checkpoint:
       opt: the optimiser used for training (an :class:`~mdcf.train.Optimizer` or
         optax transformation) to restore the optimiser state; without it only
         parameters are restored.
+      model: when given, the checkpoint must hold this model: the same structure
+        and id maps (checked before anything else is read into arrays).
 
     Raises:
       FileNotFoundError: no such file.
-      CorruptFileError: truncated or corrupt file (checksums), or not a checkpoint.
-      CheckpointMismatchError: the optimiser does not match the saved state.
+      CorruptFileError: truncated or corrupt file (checksums), not a checkpoint, or
+        a checkpoint missing a member (the message names it).
+      CheckpointMismatchError: the optimiser does not match the saved state, or the
+        saved model is not ``model`` (the message says what differs).
     """
     path = Path(path)
     arrays, header = read_arrays(path)
     if header.get("checkpoint_version") != _CHECKPOINT_VERSION or "config" not in header:
         raise CorruptFileError(path, "not an mdcf checkpoint (or written by an incompatible version)")
+    missing = [name for name in ("scale", "global_mean") if name not in header]
+    missing += [name for name in _MODEL_ARRAYS + (("step",) if header.get("has_state") else ()) if name not in arrays]
+    if missing:
+        raise CorruptFileError(path, f"the checkpoint has no member {missing[0]!r}; it is damaged or was not "
+                                     "written by mdcf.checkpoint.save")
     config = ModelConfig.from_dict(header["config"])
-    model = Model(
+    saved = Model(
         config, arrays["model/user_ids"], arrays["model/item_ids"], arrays["model/user_rows"],
         arrays["model/item_rows"], None if header["scale"] is None else tuple(header["scale"]), header["global_mean"],
     )
+    if model is not None:
+        differences = model_differences(saved, model)
+        if differences:
+            raise CheckpointMismatchError(f"{path} holds another model: {'; '.join(differences)}", differences)
     template = jax.eval_shape(lambda: models.init(jax.random.key(0), config, 0.0))
     params = _unflatten("params", template, arrays, path)
     best = _unflatten("best", template, arrays, path) if header.get("has_best") else None
@@ -165,4 +214,4 @@ def load(path: os.PathLike | str, opt=None) -> Checkpoint:
             _unflatten("row_state", shape.row_state, arrays, path),
             _to_jax(arrays["step"]),
         )
-    return Checkpoint(model, params, state, best, header.get("meta", {}))
+    return Checkpoint(saved, params, state, best, header.get("meta", {}))

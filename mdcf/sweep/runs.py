@@ -7,6 +7,7 @@ import io as stdio
 import json
 import math
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,28 +27,62 @@ COLUMNS = (
 _KEY = ("dataset", "model", "budget", "alpha", "blocks", "seed", "l2", "learning_rate")
 
 
-def read_results(path) -> list[dict]:
-    """The rows of a results CSV (numbers as floats/ints)."""
+def read_results(path, *, set_aside: bool = False) -> list[dict]:
+    """The rows of a results CSV (numbers as floats/ints); ``[]`` when there is no file.
+
+    A damaged row (a truncated or garbled line, a number that does not parse) raises
+    ``ValueError`` naming the file and line. With ``set_aside=True`` (what
+    :func:`run_sweep` does) damaged lines move to ``<file>.damaged`` beside it
+    (appended there, never deleted), the file is rewritten without them, a warning
+    names them, and their runs count as not done: a rerun trains them again.
+    """
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ValueError(f"{path}: columns {reader.fieldnames} do not match this version's {list(COLUMNS)}; "
-                             "use another output folder")
-        rows = []
-        for number, row in enumerate(reader, start=2):
-            try:
-                for name in ("budget", "params", "blocks", "base_dim", "seed", "epochs", "best_epoch"):
-                    row[name] = int(float(row[name])) if row[name] != "" else None
-                for name in COLUMNS:
-                    if name not in ("dataset", "model", "user_dims", "item_dims", "status") and isinstance(row[name], str):
-                        row[name] = float(row[name]) if row[name] != "" else math.nan
-            except ValueError as err:
-                raise ValueError(f"{path}, line {number}: unreadable row ({err})") from None
-            rows.append(row)
+    text = path.read_text()
+    reader = csv.DictReader(stdio.StringIO(text))
+    if tuple(reader.fieldnames or ()) != COLUMNS:
+        raise ValueError(f"{path}: columns {reader.fieldnames} do not match this version's {list(COLUMNS)}; "
+                         "use another output folder")
+    rows, damaged = [], {}
+    for row in reader:
+        try:
+            rows.append(_parse_row(row))
+        except ValueError as err:
+            if not set_aside:
+                raise ValueError(f"{path}, line {reader.line_num}: damaged row ({err}); rerun the sweep to set it "
+                                 "aside and train its run again, or mend the line") from None
+            damaged[reader.line_num] = str(err)
+    if damaged:
+        _set_aside(path, text, damaged)
     return rows
+
+
+def _parse_row(row: dict) -> dict:
+    if None in row or any(value is None for value in row.values()):
+        raise ValueError(f"{len(COLUMNS)} fields expected, found {len(row) - (None in row)} "
+                         f"{'and more' if None in row else 'or fewer'}")
+    for name in ("budget", "params", "blocks", "base_dim", "seed", "epochs", "best_epoch"):
+        row[name] = int(float(row[name])) if row[name] != "" else None
+    for name in COLUMNS:
+        if name not in ("dataset", "model", "user_dims", "item_dims", "status") and isinstance(row[name], str):
+            row[name] = float(row[name]) if row[name] != "" else math.nan
+    if row["dataset"] == "" or row["model"] == "" or row["status"] == "":
+        raise ValueError("dataset, model or status is empty")
+    return row
+
+
+def _set_aside(path: Path, text: str, damaged: dict[int, str]) -> None:
+    """Move the damaged lines of a results file to ``<file>.damaged``, keeping the rest."""
+    lines = text.splitlines(keepends=True)
+    side = path.with_name(path.name + ".damaged")
+    moved = "".join(line if line.endswith("\n") else line + "\n" for n, line in enumerate(lines, 1) if n in damaged)
+    with io.atomic_write(side, "w") as f:
+        f.write((side.read_text() if side.is_file() else "") + moved)
+    with io.atomic_write(path, "w") as f:
+        f.write("".join(line for n, line in enumerate(lines, 1) if n not in damaged))
+    warnings.warn(f"{path}: set aside {len(damaged)} damaged row(s) (lines {sorted(damaged)}: "
+                  f"{next(iter(damaged.values()))}) in {side}; their runs train again", stacklevel=3)
 
 
 def _append(path: Path, row: dict) -> None:
@@ -71,6 +106,18 @@ def _dims(spec: embeddings.MDSpec) -> str:
 
 
 _GRID_FIELDS = ("seeds", "budgets", "dims", "alphas", "l2_grid", "learning_rates")
+
+
+def _read_settings(path: Path) -> dict:
+    """A sweep folder's saved settings; a clear error when the file is damaged."""
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}, line {err.lineno}: not valid JSON ({err.msg}); the folder's results cannot be "
+                         "checked against this sweep's settings: mend the file, or use another output folder") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object of sweep settings, found {type(value).__name__}")
+    return value
 
 
 def _merge_configs(saved: dict, config: SweepConfig, where) -> SweepConfig:
@@ -116,13 +163,13 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
     results_path = out_dir / "results.csv"
-    previous = read_results(results_path)
+    writer = jax.process_index() == 0  # in a multi-host run only process 0 writes
+    previous = read_results(results_path, set_aside=writer)
     saved = config
     if config_path.is_file() and previous:  # with no finished run, the saved settings bind nothing
-        saved = _merge_configs(json.loads(config_path.read_text()), config, config_path)
+        saved = _merge_configs(_read_settings(config_path), config, config_path)
     if ratings is None:  # before config.json is written: a data set that fails to load leaves no trace
         ratings = load_dataset(config.dataset, config.synthetic)
-    writer = jax.process_index() == 0
     if writer:
         with io.atomic_write(config_path, "w") as f:
             f.write(saved.to_json())

@@ -156,15 +156,17 @@ def fit(
       A :class:`FitResult`.
 
     Raises:
-      TrainingDivergedError: the loss became NaN or infinite (names the epoch and step).
+      TrainingDivergedError: the training loss became NaN or infinite, or exploded: a
+        step's loss above 100 times the larger of the mean squared training rating and
+        the first step's loss (names the epoch and step).
     """
     callbacks = tuple(callbacks)
-    train_part, validation, carved, opt = _prepare(
+    train_part, validation, carved, opt, label = _prepare(
         model, train, validation, opt, dict(epochs=epochs, batch_size=batch_size, start_epoch=start_epoch, seed=seed,
                                             patience=patience, l2=l2, learning_rate=learning_rate,
                                             weight_decay=weight_decay, optimizer_name=optimizer_name,
                                             sparse=sparse, callbacks=callbacks, initial_state=initial_state))
-    run = _Run(model, opt, float(l2), seed, mesh, data_axis, model_axis)
+    run = _Run(model, opt, float(l2), seed, mesh, data_axis, model_axis, label)
     first = _run_phase(run, train_part, validation, epochs, batch_size, patience=patience, restore_best=restore_best,
                        progress=(progress if isinstance(progress, str) else f"fit {model.config.kind}")
                        if progress else False,
@@ -182,7 +184,7 @@ def fit(
 def _prepare(model: Model, train, validation, opt, settings: dict):
     """``fit``'s arguments checked (a ``ValueError`` naming the first one out of range),
     the validation part carved from ``train`` when asked, and the optimiser built:
-    ``(train part, validation, carved, opt)``."""
+    ``(train part, validation, carved, opt, a label of the optimiser or None)``."""
     epochs, seed, sparse, callbacks = settings["epochs"], settings["seed"], settings["sparse"], settings["callbacks"]
     initial_state, batch_size = settings["initial_state"], settings["batch_size"]
     learning_rate, weight_decay = settings["learning_rate"], settings["weight_decay"]
@@ -211,7 +213,12 @@ def _prepare(model: Model, train, validation, opt, settings: dict):
         if sparse == "auto":
             sparse = auto_sparse(model, batch_size)
         opt = named_optimizer(settings["optimizer_name"], float(learning_rate), bool(sparse), float(weight_decay))
-    return train, validation, carved, as_optimizer(opt)
+        label = (f"{settings['optimizer_name']}(learning_rate={float(learning_rate)!r}, "
+                 f"weight_decay={float(weight_decay)!r}, sparse={bool(sparse)})")
+    else:  # a caller's optimiser: only its row part has a name to compare
+        opt = as_optimizer(opt)
+        label = None if opt.rows is None else f"rows {opt.rows.name}"
+    return train, validation, carved, opt, label
 
 
 class _Run(NamedTuple):
@@ -224,6 +231,7 @@ class _Run(NamedTuple):
     mesh: object
     data_axis: str
     model_axis: str | None
+    optimizer_label: str | None  # how the optimiser was built, for checkpoints (None: not comparable)
 
 
 class _Phase(NamedTuple):
@@ -246,14 +254,38 @@ def _refit_checkpoint(checkpoint: str | None, epochs: int) -> str | None:
     return path
 
 
-def _resume(run: _Run, path: str | None, epochs: int, initial_state, start_epoch: int):
+def _settings(run: _Run, batch_size: int) -> dict:
+    """The settings that shape a run's trajectory, kept in its checkpoints."""
+    return {"seed": run.seed, "l2": run.l2, "batch_size": batch_size, "optimizer": run.optimizer_label}
+
+
+def _check_settings(path, saved: dict | None, now: dict) -> None:
+    """A checkpoint resumes only the run that wrote it (checkpoints without settings: not checked)."""
+    if saved is None:
+        return
+    differ = [f"{key}: saved {saved[key]!r}, now {now[key]!r}" for key in now
+              if key in saved and None not in (saved[key], now[key]) and saved[key] != now[key]]
+    if differ:
+        raise checkpoints.CheckpointMismatchError(
+            f"fit: the checkpoint {path} was written by a run with other settings ({'; '.join(differ)}); "
+            "resuming it would not continue that run: use the same settings, or another checkpoint path")
+
+
+def _resume(run: _Run, path: str | None, epochs: int, initial_state, start_epoch: int, settings: dict):
     """``(state, start_epoch, history, best)``: from ``initial_state``, from the checkpoint at
-    ``path`` when one exists, else a fresh state from the run's seed."""
+    ``path`` when one exists (written by the same model and settings), else a fresh state
+    from the run's seed."""
     history: list[dict] = []
     best = {"mse": math.inf, "epoch": 0, "params": None, "bad": 0}
     state = initial_state
     if path is not None and state is None and os.path.exists(path):
-        loaded = checkpoints.load(path, opt=run.opt)
+        try:
+            loaded = checkpoints.load(path, opt=run.opt, model=run.model)
+        except checkpoints.CheckpointMismatchError as err:
+            if not err.differences:  # the same model, another optimiser's state: say which setting differs
+                _check_settings(path, checkpoints.load(path).meta.get("settings"), settings)
+            raise checkpoints.CheckpointMismatchError(f"fit: cannot resume: {err}") from None
+        _check_settings(path, loaded.meta.get("settings"), settings)
         state, start_epoch = loaded.state, loaded.meta.get("epoch", 0)
         if start_epoch > epochs:
             raise ValueError(f"fit: the checkpoint {path} holds {start_epoch} epochs, more than "
@@ -277,7 +309,9 @@ def _run_phase(run: _Run, train, validation, epochs: int, batch_size: int, *, pa
     batch_size = int(min(batch_size, n))
     data = pack(encoded)
     val_batch = None if validation is None else model.encode(validation)
-    state, start_epoch, history, best = _resume(run, checkpoint, epochs, initial_state, start_epoch)
+    settings = _settings(run, batch_size)
+    limit = None  # the divergence limit, set by the phase's first epoch
+    state, start_epoch, history, best = _resume(run, checkpoint, epochs, initial_state, start_epoch, settings)
     order_sharding = None
     if run.mesh is not None:
         if batch_size % run.mesh.shape[run.data_axis]:
@@ -319,7 +353,9 @@ def _run_phase(run: _Run, train, validation, epochs: int, batch_size: int, *, pa
                 order = jax.device_put(order, order_sharding)
             new_state, losses, mses, sizes = run_epoch(state, data, order, l2)  # dispatched asynchronously
             next_order = epoch_order(run.seed, epoch + 1, n, batch_size) if epoch < epochs else None
-            state, logs = new_state, _epoch_logs(epoch, losses, mses, sizes, n)
+            if limit is None:
+                limit = _divergence_limit(encoded["ratings"], float(np.asarray(losses)[0]))
+            state, logs = new_state, _epoch_logs(epoch, losses, mses, sizes, n, limit)
             if val_batch is not None:
                 _validate(model, state, val_batch, logs, best, restore_best)
             logs["seconds"] = time.perf_counter() - started
@@ -330,7 +366,7 @@ def _run_phase(run: _Run, train, validation, epochs: int, batch_size: int, *, pa
             if checkpoint is not None:
                 best_params = unpadded(state._replace(params=best["params"])).params if restore_best else None
                 checkpoints.save(checkpoint, model, unpadded(state), best_params=best_params,
-                                 meta={"epoch": epoch, "history": history,
+                                 meta={"epoch": epoch, "history": history, "settings": settings,
                                        "best": {k: v for k, v in best.items() if k != "params"}})
             if any(callback(epoch, logs, state) for callback in callbacks):
                 stopped = True
@@ -348,14 +384,31 @@ def _run_phase(run: _Run, train, validation, epochs: int, batch_size: int, *, pa
     return _Phase(unpadded(state._replace(params=params)).params, state, history, best_epoch, stopped)
 
 
-def _epoch_logs(epoch: int, losses, mses, sizes, n: int) -> dict:
-    """An epoch's training metrics; :class:`TrainingDivergedError` when a loss is not finite."""
+# A step's loss above this many times the divergence reference stops the run (see _epoch_logs).
+DIVERGENCE_FACTOR = 100.0
+
+
+def _divergence_limit(ratings, first_loss: float) -> float:
+    """The training loss that means a run diverged: ``DIVERGENCE_FACTOR`` times the larger of
+    the mean squared training rating (the loss of predicting 0 for every rating) and the
+    phase's first step's loss (the model as it started; large under a large ``l2``)."""
+    second_moment = float(np.mean(np.square(ratings, dtype=np.float64)))
+    return DIVERGENCE_FACTOR * max(second_moment, first_loss if math.isfinite(first_loss) else 0.0)
+
+
+def _epoch_logs(epoch: int, losses, mses, sizes, n: int, limit: float) -> dict:
+    """An epoch's training metrics; :class:`TrainingDivergedError` when a step's loss is not
+    finite or exceeds ``limit`` (:func:`_divergence_limit`)."""
     losses = np.asarray(losses)
-    if not np.isfinite(losses).all():
-        bad_step = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1
+    bad = ~np.isfinite(losses) | (losses > limit)
+    if bad.any():
+        bad_step = int(np.flatnonzero(bad)[0]) + 1
+        why = ("the returned model would be NaN" if not np.isfinite(losses[bad_step - 1]) else
+               f"more than {limit:.4g}, {DIVERGENCE_FACTOR:g}x the larger of the mean squared rating and the "
+               "first step's loss: the run diverged")
         raise TrainingDivergedError(
-            f"fit: the training loss became {losses[bad_step - 1]} at epoch {epoch}, step {bad_step} of "
-            f"{len(losses)}; lower the learning rate or raise l2 (the returned model would be NaN)"
+            f"fit: the training loss became {losses[bad_step - 1]:.4g} at epoch {epoch}, step {bad_step} of "
+            f"{len(losses)} ({why}); lower the learning rate or raise l2"
         )
     sizes = np.asarray(sizes)
     return {

@@ -112,6 +112,7 @@ def _dense_step(config: ModelConfig, opt: Optimizer, l2: float):
 
     return step
 
+
 def _side_specs(config: ModelConfig) -> dict:
     return {"user": config.user, "item": config.item}
 

@@ -1,0 +1,131 @@
+"""Faults a careless or hostile user meets: each gives a clear error or a safe outcome, never a silent one."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from mdcf import checkpoint, data, io, models, train
+
+
+@pytest.fixture(scope="module")
+def ratings():
+    return data.synthetic(120, 80, 3_000, seed=3)[0]
+
+
+FIT = dict(epochs=2, batch_size=256, progress=False, patience=None, refit=False, sparse=True, learning_rate=1e-2)
+
+
+@pytest.mark.parametrize("other", [dict(alpha=0.5), dict(dim=16, alpha=0.3), dict(kind="gmf", alpha=0.3),
+                                   dict(alpha=0.3, blocks=3)])
+def test_resuming_another_models_checkpoint_names_the_file_and_the_difference(ratings, tmp_path, other):
+    path = tmp_path / "run.mdcf"
+    first = models.build_model(ratings, "mf", dim=8, alpha=0.3, blocks=4)
+    train.fit(first, ratings, None, checkpoint=str(path), **FIT)
+    kwargs = dict(kind="mf", dim=8, blocks=4) | other
+    second = models.build_model(ratings, kwargs.pop("kind"), **kwargs)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=rf"cannot resume: {path} holds another model: "
+                                                                  r"(kind|user|item)"):
+        train.fit(second, ratings, None, epochs=4, checkpoint=str(path), **{k: v for k, v in FIT.items() if k != "epochs"})
+
+
+def test_resuming_a_model_built_from_other_data_is_refused(ratings, tmp_path):
+    path = tmp_path / "run.mdcf"
+    train.fit(models.build_model(ratings, "mf", dim=8), ratings, None, checkpoint=str(path), **FIT)
+    other = data.synthetic(120, 80, 3_000, seed=4)[0]
+    model = models.build_model(other, "mf", dim=8)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="ids or their rows"):
+        train.fit(model, other, None, checkpoint=str(path), **FIT)
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(learning_rate=3e-2), "optimizer"), (dict(seed=1), "seed"), (dict(l2=0.5), "l2"),
+    (dict(batch_size=128), "batch_size"), (dict(optimizer_name="sgd"), "optimizer"),
+])
+def test_resuming_with_other_trajectory_settings_is_refused(ratings, tmp_path, change, named):
+    path = tmp_path / "run.mdcf"
+    model = models.build_model(ratings, "mf", dim=8, alpha=0.3, blocks=4)
+    train.fit(model, ratings, None, checkpoint=str(path), **FIT)
+    settings = FIT | {"epochs": 3} | change
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=rf"other settings \({named}: saved"):
+        train.fit(model, ratings, None, checkpoint=str(path), **settings)
+    resumed = train.fit(model, ratings, None, checkpoint=str(path), **(FIT | {"epochs": 3}))  # the same: resumes
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("member", ["step", "model/item_rows"])
+def test_a_checkpoint_missing_a_member_names_it(ratings, tmp_path, member):
+    path = tmp_path / "run.mdcf"
+    model = models.build_model(ratings, "mf", dim=8)
+    opt = train.optimizer("adam", 1e-2)
+    checkpoint.save(path, model, train.init_state(jax.random.key(0), model, opt))
+    arrays, header = io.read_arrays(path)
+    del arrays[member]
+    io.write_arrays(path, arrays, header)
+    with pytest.raises(io.CorruptFileError, match=rf"{path}: the checkpoint has no member '{member}'"):
+        checkpoint.load(path, opt=opt)
+
+
+def test_the_same_model_loads_with_a_model_check(ratings, tmp_path):
+    model = models.build_model(ratings, "mf", dim=8, alpha=0.3, blocks=4)
+    params = models.init(jax.random.key(0), model.config, 3.0)
+    checkpoint.save(tmp_path / "m.mdcf", model, params)
+    loaded = checkpoint.load(tmp_path / "m.mdcf", model=model)
+    for x, y in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(x, y)
+    assert checkpoint.model_differences(loaded.model, model) == []
+
+
+# ------------------------------------------------------------------- sweeps
+def _tiny_sweep(ratings, out, **kwargs):
+    from mdcf import sweep
+
+    config = sweep.SweepConfig(dataset="synthetic", dims=(2,), alphas=(0.0,), l2_grid=(0.1,), epochs=1, patience=1,
+                               batch_size=512, **kwargs)
+    return sweep.run_sweep(config, out, ratings=ratings, progress=False)
+
+
+def test_a_damaged_results_row_is_set_aside_and_its_run_trained_again(ratings, tmp_path):
+    from mdcf import sweep
+
+    rows = _tiny_sweep(ratings, tmp_path, seeds=(0, 1))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    path = tmp_path / "results.csv"
+    text = path.read_text()
+    damaged_line = text.splitlines()[-1][:40]
+    path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 1] + damaged_line)  # a truncated last line
+    with pytest.raises(ValueError, match=rf"{path}, line 3: damaged row \(24 fields expected"):
+        sweep.read_results(path)
+    with pytest.warns(UserWarning, match=r"set aside 1 damaged row\(s\) \(lines \[3\]"):
+        again = _tiny_sweep(ratings, tmp_path, seeds=(0, 1))
+    assert sorted(r["seed"] for r in again) == [0, 1] and all(r["status"] == "ok" for r in again)
+    assert (tmp_path / "results.csv.damaged").read_text() == damaged_line + "\n"  # kept, not deleted
+
+
+def test_a_damaged_settings_file_is_named(ratings, tmp_path):
+    _tiny_sweep(ratings, tmp_path)
+    (tmp_path / "config.json").write_text('{"dataset": "synthetic",')
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'config.json'}, line 1: not valid JSON"):
+        _tiny_sweep(ratings, tmp_path)
+
+
+# --------------------------------------------------------------- divergence
+def test_a_finite_explosion_under_adam_stops_the_run(ratings):
+    """Adam with a far too large step keeps the loss finite (about 6e4 here, 1e27 on ml-100k):
+    still a diverged run, named by epoch and step."""
+    model = models.build_model(ratings, "mf", dim=8)
+    with pytest.raises(train.TrainingDivergedError, match=r"at epoch 1, step \d+ of \d+ \(more than .*the run diverged"):
+        train.fit(model, ratings, None, epochs=3, batch_size=256, learning_rate=10.0, progress=False, refit=False)
+
+
+def test_a_large_l2_is_not_taken_for_divergence(ratings):
+    """The first step's loss is part of the reference: a heavily regularised run starts high."""
+    model = models.build_model(ratings, "mf", dim=8)
+    result = train.fit(model, ratings, None, epochs=2, batch_size=256, l2=1e5, progress=False, refit=False)
+    assert result.history[0]["train_loss"] > 100 * float(np.mean(np.square(ratings.ratings)))
+
+
+def test_a_sweep_records_an_exploding_run_as_diverged(ratings, tmp_path):
+    rows = _tiny_sweep(ratings, tmp_path, learning_rates=(10.0,))
+    assert len(rows) == 1 and rows[0]["status"].startswith("diverged: fit: the training loss became")
