@@ -26,7 +26,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
+import time
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -36,7 +39,11 @@ import numpy as np
 
 __all__ = [
     "CorruptFileError",
+    "FolderLockedError",
     "atomic_write",
+    "create_exclusive",
+    "append_text",
+    "folder_lock",
     "write_arrays",
     "read_arrays",
 ]
@@ -94,6 +101,94 @@ def atomic_write(path: os.PathLike | str, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def create_exclusive(path: os.PathLike | str, text: str) -> bool:
+    """Create ``path`` holding ``text`` if it does not exist, atomically: a reader sees
+    no file or the whole text. Returns False (and changes nothing) when it exists."""
+    path = Path(path)
+    staged = path.with_name(f".{path.name}.new-{os.getpid()}")
+    with atomic_write(staged, "w") as f:
+        f.write(text)
+    try:
+        os.link(staged, path)  # fails if path exists: never replaces another writer's file
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(staged)
+
+
+def append_text(path: os.PathLike | str, text: str, header: str = "") -> None:
+    """Append ``text`` (whole lines) to ``path`` in one ``write`` of an append-mode file,
+    flushed to disk; a missing file is first created holding ``header``
+    (:func:`create_exclusive`). Appends of several processes never lose or merge each
+    other's lines; a crash can leave at most a partial last line."""
+    path = Path(path)
+    if not path.exists():
+        create_exclusive(path, header)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        data = text.encode("utf-8")
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"append to {path}: wrote {written} of {len(data)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds a folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: os.PathLike | str, what: str = "this folder") -> Iterator[Path]:
+    """Hold ``folder/.lock`` while the block runs: one writer per folder.
+
+    The lock file records the holder's pid, host and start time. A lock left by a
+    process of this host that no longer runs is stale: it is taken over, with a
+    warning. A live holder, or one on another host (whose liveness cannot be
+    checked here), raises :class:`FolderLockedError` naming it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while not create_exclusive(path, json.dumps(me)):
+        try:
+            holder = json.loads(path.read_text())
+        except (OSError, ValueError):  # half-gone or garbled: the lock of a writer that died
+            holder = {}
+        if holder.get("host") == me["host"] and _alive(holder.get("pid")):
+            raise FolderLockedError(
+                f"{folder}: {what} is in use by process {holder['pid']} on this host (since {holder.get('started')}); "
+                "wait for it to finish, or use another folder")
+        if holder and holder.get("host") != me["host"]:
+            raise FolderLockedError(
+                f"{folder}: {what} is locked by process {holder.get('pid')} on host {holder.get('host')} (since "
+                f"{holder.get('started')}); if no process there uses it any more, delete {path}")
+        warnings.warn(f"{folder}: taking over the lock of process {holder.get('pid')}, which no longer runs",
+                      stacklevel=3)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _aligned(n: int) -> int:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -129,3 +136,51 @@ def test_a_large_l2_is_not_taken_for_divergence(ratings):
 def test_a_sweep_records_an_exploding_run_as_diverged(ratings, tmp_path):
     rows = _tiny_sweep(ratings, tmp_path, learning_rates=(10.0,))
     assert len(rows) == 1 and rows[0]["status"].startswith("diverged: fit: the training loss became")
+
+
+# ------------------------------------------------------ one writer per folder
+def test_a_second_sweep_on_a_folder_in_use_is_refused(ratings, tmp_path):
+    from mdcf import sweep
+
+    with io.folder_lock(tmp_path, "this sweep folder"):
+        with pytest.raises(io.FolderLockedError, match=rf"this sweep folder is in use by process {os.getpid()} on "
+                                                          "this host"):
+            _tiny_sweep(ratings, tmp_path)
+    assert not (tmp_path / ".lock").exists() and sweep.read_results(tmp_path / "results.csv") == []
+    _tiny_sweep(ratings, tmp_path)  # free again
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_stale_lock_is_taken_over_and_a_foreign_one_named(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then"}))
+    with pytest.warns(UserWarning, match=rf"taking over the lock of process {int(dead.stdout)}, which no longer runs"):
+        with io.folder_lock(tmp_path):
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then"}))
+    with pytest.raises(io.FolderLockedError, match=rf"locked by process 1 on host elsewhere .*delete {lock}"):
+        with io.folder_lock(tmp_path):
+            pass
+
+
+_APPENDER = """
+import sys
+from pathlib import Path
+from mdcf.sweep import append_result
+for i in range(int(sys.argv[2])):
+    append_result(Path(sys.argv[1]), {"dataset": "d", "model": sys.argv[3], "budget": i, "status": "ok"})
+"""
+
+
+def test_appends_of_two_processes_lose_and_merge_no_row(tmp_path):
+    from mdcf import sweep
+
+    path = tmp_path / "results.csv"
+    procs = [subprocess.Popen([sys.executable, "-c", _APPENDER, str(path), "300", name]) for name in ("a", "b")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(sweep.COLUMNS) and len(lines) == 601
+    rows = list(csv.DictReader(lines))
+    for name in ("a", "b"):
+        assert sorted(int(r["budget"]) for r in rows if r["model"] == name) == list(range(300))

@@ -36,7 +36,7 @@ from .budget import (
     natural_budgets,
 )
 from .config import SweepConfig, add_device_arguments, check_dataset, fast_mode, load_dataset, mesh_from_arguments
-from .runs import COLUMNS, read_results, run_sweep
+from .runs import COLUMNS, append_result, read_results, run_sweep
 
 __all__ = [
     "COLUMNS",
@@ -54,6 +54,7 @@ __all__ = [
     "PAPER_ABLATION_ROWS",
     "run_sweep",
     "read_results",
+    "append_result",
     "select",
     "best_alpha",
     "paired_difference",

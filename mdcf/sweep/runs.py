@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as stdio
 import json
@@ -17,7 +18,7 @@ from .. import data, embeddings, io, models, train
 from .budget import model_for_budget, natural_budgets
 from .config import SweepConfig, load_dataset
 
-__all__ = ["COLUMNS", "run_sweep", "read_results"]
+__all__ = ["COLUMNS", "run_sweep", "read_results", "append_result"]
 
 COLUMNS = (
     "dataset", "model", "budget", "params", "alpha", "blocks", "base_dim", "user_dims", "item_dims", "seed",
@@ -85,16 +86,13 @@ def _set_aside(path: Path, text: str, damaged: dict[int, str]) -> None:
                   f"{next(iter(damaged.values()))}) in {side}; their runs train again", stacklevel=3)
 
 
-def _append(path: Path, row: dict) -> None:
-    """Append one row atomically: the whole file is rewritten to a temporary and renamed."""
-    existing = path.read_text() if path.is_file() else ""
-    buffer = stdio.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    if not existing:
-        writer.writeheader()
-    writer.writerow({k: row.get(k, "") for k in COLUMNS})
-    with io.atomic_write(path, "w") as f:
-        f.write(existing + buffer.getvalue())
+def append_result(path: Path, row: dict) -> None:
+    """Append one result row (:data:`COLUMNS`) with one atomic append (:func:`mdcf.io.append_text`);
+    a missing file is created with the header first."""
+    header, line = stdio.StringIO(), stdio.StringIO()
+    csv.DictWriter(header, fieldnames=COLUMNS, lineterminator="\n").writeheader()
+    csv.DictWriter(line, fieldnames=COLUMNS, lineterminator="\n").writerow({k: row.get(k, "") for k in COLUMNS})
+    io.append_text(path, line.getvalue(), header=header.getvalue())
 
 
 def _key(row: dict) -> tuple:
@@ -158,12 +156,21 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
     one-device run up to float rounding. In a multi-host run every process
     calls this with the same arguments and only process 0 writes; the output
     folder must be one all hosts read (resuming reads it).
+
+    One sweep writes a folder at a time: the writer holds the folder's lock
+    (:func:`mdcf.io.folder_lock`) while it runs, and a second sweep started on the
+    same folder raises :class:`mdcf.io.FolderLockedError` naming the holder.
     """
     out_dir = Path(out_dir)
+    writer = jax.process_index() == 0  # in a multi-host run only process 0 writes
+    with io.folder_lock(out_dir, "this sweep folder") if writer else contextlib.nullcontext():
+        return _run_sweep(config, out_dir, ratings, progress, log, mesh, writer)
+
+
+def _run_sweep(config: SweepConfig, out_dir: Path, ratings, progress: bool, log, mesh, writer: bool) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
     results_path = out_dir / "results.csv"
-    writer = jax.process_index() == 0  # in a multi-host run only process 0 writes
     previous = read_results(results_path, set_aside=writer)
     saved = config
     if config_path.is_file() and previous:  # with no finished run, the saved settings bind nothing
@@ -209,7 +216,7 @@ def run_sweep(config: SweepConfig, out_dir, *, ratings=None, progress: bool = Tr
                                 row.update(status=f"diverged: {err}"[:300])
                                 log(f"budget {budget:,}, alpha {alpha:g}, seed {seed}, l2 {l2:g}, lr {lr:g}: {err}")
                         if writer:
-                            _append(results_path, row)
+                            append_result(results_path, row)
                         done.add(_key(row))
                         if bar is not None:
                             bar.update(1)
