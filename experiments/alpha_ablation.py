@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 
 import jax  # noqa: E402
 
-from mdcf import plots, sweep  # noqa: E402
+from mdcf import data, plots, sweep  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -52,7 +52,11 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"alpha_ablation.py: error: {err}", file=sys.stderr)
         return 2
-    ratings = sweep.load_dataset(args.dataset)
+    try:  # before any file is written: a data set that fails to load leaves no output folder behind
+        ratings = sweep.load_dataset(args.dataset)
+    except (OSError, ValueError, data.DatasetUnavailableError) as err:
+        print(f"alpha_ablation.py: error: cannot load {args.dataset}: {err}", file=sys.stderr)
+        return 2
     budget = args.budget
     if budget is None:
         budget = sweep.ablation_model_budget(ratings, args.model)

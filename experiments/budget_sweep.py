@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 
 import jax  # noqa: E402
 
-from mdcf import plots, sweep  # noqa: E402
+from mdcf import data, plots, sweep  # noqa: E402
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -82,7 +82,12 @@ def main(argv=None) -> int:
     fast = args.fast or sweep.fast_mode()
     name = f"{Path(config.dataset).stem}-{config.model}" + ("-fast" if fast else "")
     out = Path(args.out or Path("results") / "budget_sweep" / name)
-    rows = sweep.run_sweep(config, out, progress=not args.no_progress, mesh=mesh)
+    try:  # before any file is written: a data set that fails to load leaves no output folder behind
+        ratings = sweep.load_dataset(config.dataset, config.synthetic)
+    except (OSError, ValueError, data.DatasetUnavailableError) as err:
+        print(f"budget_sweep.py: error: cannot load {config.dataset}: {err}", file=sys.stderr)
+        return 2
+    rows = sweep.run_sweep(config, out, ratings=ratings, progress=not args.no_progress, mesh=mesh)
     if jax.process_index() != 0:
         return 0  # process 0 reports and plots
     print(f"\n{config.dataset}, {config.model}: test MSE at equal parameter budgets "

@@ -24,6 +24,7 @@ format version 1 (no header CRC) are still read.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import socket
@@ -74,7 +75,8 @@ def atomic_write(path: os.PathLike | str, mode: str = "wb") -> Iterator[Any]:
     Yields:
       The open temporary file. On normal exit it is flushed, fsync'ed and
       renamed over ``path`` (atomic on POSIX and Windows); on an exception it is
-      deleted and ``path`` is left untouched.
+      deleted and ``path`` is left untouched. Temporaries of earlier writes to
+      ``path`` whose process no longer runs (killed mid-write) are deleted first.
 
     Example:
       >>> with atomic_write("/tmp/example.txt", "w") as f:  # doctest: +SKIP
@@ -86,7 +88,8 @@ def atomic_write(path: os.PathLike | str, mode: str = "wb") -> Iterator[Any]:
     if path.is_dir():  # checked first: the rename would fail only after the whole write
         raise IsADirectoryError(f"atomic_write: {path} is a folder; give the path of a file in it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    _remove_stale_parts(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".part", dir=path.parent)
     try:
         # mkstemp makes the file private (0600); give it the permissions a plain open() would.
         umask = os.umask(0)
@@ -101,6 +104,23 @@ def atomic_write(path: os.PathLike | str, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _writer_tag(pid: int | None = None) -> str:
+    """``HOST~PID`` of a writer, as temporary file names carry it (no dots in it)."""
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())
+    return f"{host}~{os.getpid() if pid is None else pid}"
+
+
+def _remove_stale_parts(path: Path) -> None:
+    """Delete ``.NAME.HOST~PID.*.part`` temporaries of ``path`` left by processes of this
+    host that no longer run (a write killed midway); other hosts' are never touched."""
+    host = _writer_tag().split("~")[0]
+    for part in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}~*.part"):
+        pid = part.name[len(path.name) + len(host) + 3:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
 
 
 def create_exclusive(path: os.PathLike | str, text: str) -> bool:

@@ -109,8 +109,8 @@ def popularity_dims(
     sizes = np.asarray(sizes, dtype=np.float64)
     if sizes.shape != probs.shape or (sizes < 1).any():
         raise ValueError(f"sizes must give a positive row count per block ({len(probs)}), got {sizes}")
-    if not budget > 0:
-        raise ValueError(f"budget must be positive, got {budget}")
+    if not (is_real(budget) and budget > 0):
+        raise ValueError(f"budget must be a finite number > 0, got {budget!r}")
     scale = float(budget) / float(np.sum(sizes * relative))
     return _round(scale * relative, round_pow2, min_dim, None)
 
@@ -322,7 +322,7 @@ def solve_budget(
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must lie in [0, 1), got {tolerance}")
     base_dim = int(base_dim)
-    budget = int(budget)
+    budget = _whole_budget(budget, "solve_budget")
     floor_total = int((1 - tolerance) * budget + 0.999999)  # smallest acceptable total
     layout = f"{len(sizes_array)} blocks of {sizes_array.sum():,} rows, base_dim={base_dim}"
     smallest = int(_total(sizes_array, np.full(len(sizes_array), min_dim), base_dim))
@@ -413,6 +413,13 @@ def solve_budget(
     return MDSpec(tuple(int(s) for s in sizes_array), tuple(int(d) for d in dims), base_dim)
 
 
+def _whole_budget(budget, where: str) -> int:
+    """A parameter budget as an int: whole numbers only (NaN, infinities, 2.5 and strings are refused)."""
+    if is_int(budget) or (is_real(budget) and float(budget).is_integer()):
+        return int(budget)
+    raise ValueError(f"{where}: budget must be a whole number of parameters, got {budget!r}")
+
+
 def uniform_dim_for_budget(budget: int, n_rows: int) -> int:
     """The uniform baseline for a budget: the largest ``d`` with ``n_rows * d <= budget``.
 
@@ -424,7 +431,7 @@ def uniform_dim_for_budget(budget: int, n_rows: int) -> int:
     """
     if not is_int(n_rows) or n_rows < 1:
         raise ValueError(f"n_rows must be a positive integer, got {n_rows!r}")
-    d = int(budget) // int(n_rows)
+    d = _whole_budget(budget, "uniform_dim_for_budget") // int(n_rows)
     if d < 1:
         raise ValueError(f"budget {budget:,} is below one dimension per row ({n_rows:,} rows)")
     return d

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -184,3 +185,57 @@ def test_appends_of_two_processes_lose_and_merge_no_row(tmp_path):
     rows = list(csv.DictReader(lines))
     for name in ("a", "b"):
         assert sorted(int(r["budget"]) for r in rows if r["model"] == name) == list(range(300))
+
+
+# ------------------------------------------------------------ smaller cases
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", None])
+def test_split_seeds_are_named(ratings, seed):
+    with pytest.raises(ValueError, match=rf"split: seed must be an integer >= 0 .*got {seed!r}"):
+        data.split(ratings, "random", 0.1, seed=seed)
+    with pytest.raises(ValueError, match="kfold: seed must be an integer >= 0"):
+        data.kfold(ratings, 3, seed=seed)
+
+
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), 2.5, "100"])
+def test_budgets_that_are_not_whole_numbers_are_named(budget):
+    from mdcf import sizing
+
+    with pytest.raises(ValueError, match="budget must be a whole number of parameters"):
+        sizing.solve_budget(budget, (5, 50), (0.1, 0.01), 8, 0.3)
+    with pytest.raises(ValueError, match="budget must be a whole number of parameters"):
+        sizing.uniform_dim_for_budget(budget, 5)
+
+
+def test_ratings_files_errors_say_where(tmp_path):
+    path = tmp_path / "u.data"
+    path.write_text("1\t10\t4\t100\n2\t10\t1e308\t200\n")
+    with pytest.raises(data.RatingsFormatError, match=r"u.data, line 2: rating 1e308 does not fit float32"):
+        data.read_ratings(path)
+    with pytest.raises(ValueError, match=r"scale must be \(low, high\) with low <= high, got \(5, 1\)"):
+        data.read_ratings(path, scale=(5, 1))
+    with pytest.raises(IsADirectoryError, match="is a folder; give the ratings file in it"):
+        data.read_ratings(tmp_path)
+
+
+def test_empty_sets_and_foreign_id_types_are_named(ratings):
+    model = models.build_model(ratings, "mf", dim=4)
+    params = models.init(jax.random.key(0), model.config, 3.0)
+    empty = ratings.subset(np.arange(0))
+    with pytest.raises(ValueError, match="fit: the training set is empty"):
+        train.fit(model, empty, progress=False)
+    with pytest.raises(ValueError, match="evaluate: no ratings to evaluate on"):
+        train.evaluate(model, params, empty)
+    with pytest.raises(TypeError, match=r"predict: ids of dtype <U1 cannot be the model's ids, which are numbers"):
+        train.predict(model, params, ["1"], ["2"])
+
+
+def test_a_sweep_script_with_an_unreadable_data_set_leaves_no_folder(tmp_path):
+    bad = tmp_path / "bad.data"
+    bad.write_text("garbage line here\n")
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    for script in ("budget_sweep.py", "alpha_ablation.py"):
+        done = subprocess.run([sys.executable, str(root / "experiments" / script), "--dataset", str(bad), "--out",
+                               str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and f"{script}: error: cannot load" in done.stderr and "Traceback" not in done.stderr
+        assert not out.exists()

@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -154,3 +156,15 @@ def test_extended_floats_keep_their_dtype(tmp_path):
     for name, array in arrays.items():
         assert back[name].dtype == array.dtype and back[name].shape == array.shape
         np.testing.assert_array_equal(back[name].astype(np.float32), array.astype(np.float32))
+
+
+def test_a_killed_saves_temporary_is_removed_by_the_next_save(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    tag = io._writer_tag(int(dead.stdout))
+    stale = tmp_path / f".model.mdcf.{tag}.abc123.part"
+    stale.write_bytes(b"half a checkpoint")
+    foreign = tmp_path / ".model.mdcf.otherhost~1.abc123.part"  # another host's write: never touched
+    foreign.write_bytes(b"in progress elsewhere")
+    io.write_arrays(tmp_path / "model.mdcf", {"x": np.arange(3)}, {})
+    assert not stale.exists() and foreign.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".part"] == [foreign.name]

@@ -55,6 +55,9 @@ class RatingsFormatError(ValueError):
         super().__init__(full)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclass(frozen=True)
 class _Layout:
     """How a delimited ratings file is laid out."""
@@ -261,6 +264,9 @@ def _validate_lines(
                 ) from None
             if not math.isfinite(rating):
                 raise RatingsFormatError(source.label, number, f"rating is {values[2]!r}", content)
+            if abs(rating) > _FLOAT32_MAX:
+                raise RatingsFormatError(
+                    source.label, number, f"rating {values[2]} does not fit float32 (largest {_FLOAT32_MAX:.4g})", content)
             if scale is not None and not scale[0] <= rating <= scale[1]:
                 raise RatingsFormatError(
                     source.label, number,
@@ -306,6 +312,8 @@ def _fast_parse(source: _Source, layout: _Layout, scale):
         with warnings.catch_warnings():
             # Mixed-type id columns are resolved below (ids become strings).
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            # A rating beyond float32 overflows to inf: caught below, and the line-by-line check names it.
+            warnings.simplefilter("ignore", RuntimeWarning)
             frame = pd.read_csv(
                 stream,
                 sep=sep,
@@ -407,8 +415,14 @@ def read_ratings(
       >>> r = read_ratings("u.data", scale=(1, 5))  # doctest: +SKIP
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the ratings file in it (u.data, ratings.dat, ratings.csv, "
+                                "a RecBole .inter file or a MovieLens zip)")
     if not path.is_file():
         raise FileNotFoundError(f"no ratings file at {path}")
+    if scale is not None and not (len(scale) == 2 and all(math.isfinite(float(v)) for v in scale)
+                                  and float(scale[0]) <= float(scale[1])):
+        raise ValueError(f"read_ratings: scale must be (low, high) with low <= high, got {tuple(scale)!r}")
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS} or None, got {format!r}")
     source = _Source(path)
@@ -429,7 +443,9 @@ def read_ratings(
                 "please report this file layout",
             )
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise RatingsFormatError(source.label, None, f"corrupt archive member: {err}") from None
+        reason = str(err) or ("it ends before the size its header gives (a truncated archive)"
+                              if isinstance(err, EOFError) else type(err).__name__)
+        raise RatingsFormatError(source.label, None, f"corrupt archive member: {reason}") from None
     users, items, ratings, timestamps = parsed
     return from_arrays(
         users, items, ratings, timestamps,

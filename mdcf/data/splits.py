@@ -9,7 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .._checks import is_real
+from .._checks import is_int, is_real
 from .movielens import MOVIELENS, DatasetUnavailableError, movielens_archive
 from .ratings import Ratings
 from .readers import read_ratings
@@ -110,7 +110,8 @@ def split(ratings: Ratings, method: str = "random", test_fraction: float = 0.1, 
       ratings: the data.
       method: one of :data:`SPLIT_METHODS`.
       test_fraction: share of ratings held out, in (0, 1).
-      seed: seed of the random choices (unused by ``"temporal"``).
+      seed: seed of the random choices (unused by ``"temporal"``): an integer >= 0.
+        ``None`` is refused: a split must be reproducible.
 
     Returns:
       A :class:`Split`; its ``cold_*`` counts report users and items of test
@@ -118,7 +119,7 @@ def split(ratings: Ratings, method: str = "random", test_fraction: float = 0.1, 
     """
     n = len(ratings)
     n_test = _check_fraction(test_fraction, n)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed, "split"))
     test = np.zeros(n, dtype=bool)
     if method == "random":
         test[rng.permutation(n)[:n_test]] = True
@@ -142,15 +143,22 @@ def split(ratings: Ratings, method: str = "random", test_fraction: float = 0.1, 
     return _make_split(ratings, test, method)
 
 
+def _check_seed(seed, where: str) -> int:
+    if not (is_int(seed) and seed >= 0):
+        raise ValueError(f"{where}: seed must be an integer >= 0 (the same seed gives the same split), got {seed!r}")
+    return int(seed)
+
+
 def kfold(ratings: Ratings, k: int = 5, seed: int = 0) -> list[Split]:
-    """``k`` random folds: split ``i`` tests on fold ``i`` and trains on the rest.
+    """``k`` random folds: split ``i`` tests on fold ``i`` and trains on the rest (``seed``:
+    an integer >= 0).
 
     The test sets are disjoint and together cover every rating exactly once.
     """
     n = len(ratings)
     if not isinstance(k, (int, np.integer)) or not 2 <= k <= n:
         raise ValueError(f"k must be an integer in [2, {n}] (the number of ratings), got {k!r}")
-    folds = np.array_split(np.random.default_rng(seed).permutation(n), k)
+    folds = np.array_split(np.random.default_rng(_check_seed(seed, "kfold")).permutation(n), k)
     splits = []
     for i, fold in enumerate(folds):
         test = np.zeros(n, dtype=bool)

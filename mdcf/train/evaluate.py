@@ -67,6 +67,8 @@ def evaluate(model: Model, params: dict, ratings, *, clip: bool = True, batch_si
       ``n_rare``. Predictions are clipped to the rating scale unless ``clip=False``.
     """
     models.check_params(model.config, params, "evaluate: params")
+    if len(ratings) == 0:
+        raise ValueError("evaluate: no ratings to evaluate on (every metric of an empty set is undefined)")
     batch = model.encode(ratings)
     pred = predict_rows(model, params, batch["users"], batch["items"], batch_size, clip)
     return metrics.rating_metrics(pred, batch["ratings"], batch["items"], model.config.item.n_rows)
@@ -90,6 +92,10 @@ def predict(model: Model, params: dict, user_ids, item_ids, *, clip: bool = True
         raise ValueError(f"user_ids and item_ids must be 1-D of equal length, got {user_ids.shape} and {item_ids.shape}")
 
     def to_rows(ids, known, rows):
+        numeric = lambda a: a.dtype.kind in "iub" or (a.dtype.kind == "f")  # noqa: E731
+        if len(ids) and len(known) and numeric(ids) != numeric(known):
+            raise TypeError(f"predict: ids of dtype {ids.dtype} cannot be the model's ids, which are "
+                            f"{'numbers' if numeric(known) else 'strings'} ({known.dtype})")
         if len(known) == 0:
             return np.zeros(len(ids), np.int32), np.zeros(len(ids), bool)
         try:

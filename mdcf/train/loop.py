@@ -200,6 +200,8 @@ def _prepare(model: Model, train, validation, opt, settings: dict):
         models.check_params(model.config, initial_state.params, "fit: initial_state.params")
     if sparse not in (True, False, "auto"):
         raise ValueError(f"fit: sparse must be True, False or 'auto', got {sparse!r}")
+    if len(train) == 0:
+        raise ValueError("fit: the training set is empty")
     carved = validation is not None and not hasattr(validation, "ratings")
     if carved:
         if not (is_real(validation) and 0 < float(validation) < 1):
