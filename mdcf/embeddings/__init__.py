@@ -4,7 +4,9 @@ The public contract::
 
     Scheme, RowSparse, register, scheme            the interface (mdcf.embeddings.base)
     init, lookup, num_params, nbytes, split, join  dispatch on a spec's scheme
+    spec_from_dict                                 a spec back from its to_dict (any scheme)
     MDSpec, MDParams                               the MD layer (a uniform table is one block)
+    HashSpec (mdcf.embeddings.hashing)             the hashing trick: ids share a table through a seeded hash
     lookup_bag, materialize, check_ids             MD lookups
     block_capacities, head_blocks, route, ...      the MD layer's grouped path
     take_rows, scatter_rows, project               fast row gathers, scatters and projections
@@ -18,9 +20,11 @@ Example:
   (3, 32)
 """
 
-from . import md_rows
+from . import hashing, md_rows
 from ._kernels import project, scatter_rows, take_rows
-from .base import RowSparse, Scheme, init, join, lookup, nbytes, num_params, register, row_heights, scheme, split
+from .base import (RowSparse, Scheme, init, join, lookup, nbytes, num_params, register, row_heights, scheme,
+                   spec_from_dict, split)
+from .hashing import HashSpec
 from .md_lookup import lookup as md_lookup
 from .md_lookup import lookup_bag, materialize
 from .md import HEAD_ROWS_PER_SLOT, MDParams, MDSpec, as_rows, block_capacities, check_ids, head_blocks
@@ -42,6 +46,20 @@ register(MDSpec, Scheme(
                    md_rows.gather, md_rows.vectors, md_rows.updated_rows),
 ))
 
+register(HashSpec, Scheme(
+    name="hash",
+    init=hashing.init,
+    lookup=hashing.lookup,
+    num_params=hashing.num_params,
+    nbytes=hashing.nbytes,
+    split=lambda params: ((params,), ()),
+    join=lambda tables, dense: tables[0],
+    row_heights=lambda spec: (spec.n_buckets,),
+    rows=RowSparse(lambda spec, batch, requested: None,
+                   lambda spec, requested: None if requested == "auto" else "'auto' (a hashed layer has no slots)",
+                   hashing.plan, lambda spec, planned: planned, hashing.gather, hashing.vectors, hashing.updated_rows),
+))
+
 __all__ = [
     "RowSparse",
     "Scheme",
@@ -54,7 +72,10 @@ __all__ = [
     "split",
     "join",
     "row_heights",
+    "spec_from_dict",
     "MDSpec",
+    "HashSpec",
+    "hashing",
     "MDParams",
     "lookup_bag",
     "materialize",

@@ -27,8 +27,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["RowSparse", "Scheme", "register", "scheme", "init", "lookup", "num_params", "nbytes", "split",
-           "join", "row_heights"]
+__all__ = ["RowSparse", "Scheme", "register", "scheme", "spec_from_dict", "init", "lookup", "num_params", "nbytes",
+           "split", "join", "row_heights"]
 
 
 class RowSparse(NamedTuple):
@@ -88,11 +88,23 @@ class Scheme(NamedTuple):
 
 
 _SCHEMES: dict[type, Scheme] = {}
+_SPEC_TYPES: dict[str, type] = {}
 
 
 def register(spec_type: type, value: Scheme) -> None:
-    """Make ``value`` the scheme of specs of type ``spec_type``."""
+    """Make ``value`` the scheme of specs of type ``spec_type`` (and of :func:`spec_from_dict`
+    for dicts tagged ``"scheme": value.name``)."""
     _SCHEMES[spec_type] = value
+    _SPEC_TYPES[value.name] = spec_type
+
+
+def spec_from_dict(value: dict):
+    """A spec from its ``to_dict``: the type registered under ``value["scheme"]`` (``"md"``
+    when the key is absent, as in MD specs and older files)."""
+    name = value.get("scheme", "md")
+    if name not in _SPEC_TYPES:
+        raise ValueError(f"unknown embedding scheme {name!r} (known: {', '.join(_SPEC_TYPES)})")
+    return _SPEC_TYPES[name].from_dict(value)
 
 
 def scheme(spec) -> Scheme:

@@ -77,8 +77,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> "ModelConfig":
         value = dict(value)
-        value["user"] = MDSpec.from_dict(value["user"])
-        value["item"] = MDSpec.from_dict(value["item"])
+        value["user"] = embeddings.spec_from_dict(value["user"])
+        value["item"] = embeddings.spec_from_dict(value["item"])
         value["layers"] = tuple(value.get("layers", (128, 128, 32)))
         return cls(**value)
 
