@@ -7,6 +7,7 @@ The public contract::
     spec_from_dict                                 a spec back from its to_dict (any scheme)
     MDSpec, MDParams                               the MD layer (a uniform table is one block)
     HashSpec (mdcf.embeddings.hashing)             the hashing trick: ids share a table through a seeded hash
+    QRSpec (mdcf.embeddings.qr)                    quotient-remainder: two small tables combined per id
     lookup_bag, materialize, check_ids             MD lookups
     block_capacities, head_blocks, route, ...      the MD layer's grouped path
     take_rows, scatter_rows, project               fast row gathers, scatters and projections
@@ -20,11 +21,12 @@ Example:
   (3, 32)
 """
 
-from . import hashing, md_rows
+from . import hashing, md_rows, qr
 from ._kernels import project, scatter_rows, take_rows
 from .base import (RowSparse, Scheme, init, join, lookup, nbytes, num_params, register, row_heights, scheme,
                    spec_from_dict, split)
 from .hashing import HashSpec
+from .qr import QRSpec
 from .md_lookup import lookup as md_lookup
 from .md_lookup import lookup_bag, materialize
 from .md import HEAD_ROWS_PER_SLOT, MDParams, MDSpec, as_rows, block_capacities, check_ids, head_blocks
@@ -59,6 +61,19 @@ register(HashSpec, Scheme(
                    lambda spec, requested: None if requested == "auto" else "'auto' (a hashed layer has no slots)",
                    hashing.plan, lambda spec, planned: planned, hashing.gather, hashing.vectors, hashing.updated_rows),
 ))
+register(QRSpec, Scheme(
+    name="qr",
+    init=qr.init,
+    lookup=qr.lookup,
+    num_params=qr.num_params,
+    nbytes=qr.nbytes,
+    split=lambda params: (tuple(params), ()),
+    join=lambda tables, dense: tuple(tables),
+    row_heights=lambda spec: (spec.quotient_rows, spec.collisions),
+    rows=RowSparse(lambda spec, batch, requested: None,
+                   lambda spec, requested: None if requested == "auto" else "'auto' (a QR layer has no slots)",
+                   qr.plan, lambda spec, planned: planned, qr.gather, qr.vectors, qr.updated_rows),
+))
 
 __all__ = [
     "RowSparse",
@@ -76,6 +91,8 @@ __all__ = [
     "MDSpec",
     "HashSpec",
     "hashing",
+    "QRSpec",
+    "qr",
     "MDParams",
     "lookup_bag",
     "materialize",
