@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mdcf import checkpoint, data, embeddings, models, train
@@ -16,6 +16,7 @@ from mdcf.embeddings import QRSpec, qr
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 500), st.integers(1, 40), st.sampled_from(qr.OPERATIONS), st.integers(2, 6),
        st.integers(0, 2**31 - 1))
+@example(7, 3, "concat", 5, 0)  # an odd dim: the two tables' widths differ
 def test_lookup_matches_a_naive_reference(n_rows, collisions, operation, dim, draw):
     spec = QRSpec(n_rows, collisions, dim, operation)
     rng = np.random.default_rng(draw)
@@ -28,7 +29,8 @@ def test_lookup_matches_a_naive_reference(n_rows, collisions, operation, dim, dr
             want.append(np.full(dim, np.nan, np.float32))
             continue
         q, r = quotient[x // collisions], remainder[x % collisions]
-        want.append({"mult": q * r, "add": q + r, "concat": np.concatenate([q, r])}[operation])
+        combine = {"mult": lambda: q * r, "add": lambda: q + r, "concat": lambda: np.concatenate([q, r])}
+        want.append(combine[operation]())
     got = jax.jit(qr.lookup, static_argnums=1)((jnp.asarray(quotient), jnp.asarray(remainder)), spec,
                                                jnp.asarray(ids, jnp.int32))
     np.testing.assert_allclose(np.asarray(got), np.array(want), rtol=1e-6)
