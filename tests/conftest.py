@@ -14,6 +14,7 @@ import pytest
 from hypothesis import settings
 
 import mdcf
+from mdcf import train
 
 # Property tests draw the same examples on every run, so a CI result is reproducible
 # (set HYPOTHESIS_PROFILE=explore to search with fresh random examples).
@@ -143,3 +144,17 @@ def http_server():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def run_steps(config, opt, batches, l2=0.05, seed=0):
+    """The train state after one jitted step per batch, from a seeded initial state."""
+    state = train.init_state(jax.random.key(seed), config, opt, global_mean=3.0)
+    step = jax.jit(train.make_train_step(config, opt, l2=l2))
+    for batch in batches:
+        state, _ = step(state, batch)
+    return state
+
+
+def assert_params_close(a, b, rtol=1e-5, atol=1e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)

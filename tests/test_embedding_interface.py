@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import mdcf
 from mdcf import checkpoint, data, embeddings, io, models, train
+from conftest import assert_params_close, run_steps
 from mdcf.embeddings import MDSpec, md_rows
 
 
@@ -130,16 +131,9 @@ def test_a_new_scheme_trains_row_sparse_as_dense(name):
     batches = [{"users": jnp.asarray(rng.integers(0, 30, 16), jnp.int32),
                 "items": jnp.asarray(rng.integers(0, 20, 16), jnp.int32),
                 "ratings": jnp.asarray(rng.uniform(1, 5, 16), jnp.float32)} for _ in range(3)]
-    results = []
-    for sparse in (True, False):
-        opt = train.optimizer(name, 0.1, sparse=sparse)
-        state = train.init_state(jax.random.key(1), config, opt, 3.0)
-        step = jax.jit(train.make_train_step(config, opt, l2=0.01))
-        for batch in batches:
-            state = step(state, batch)[0]
-        results.append(state.params)
-    for x, y in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    sparse, dense = (run_steps(config, train.optimizer(name, 0.1, sparse=s), batches, l2=0.01, seed=1)
+                     for s in (True, False))
+    assert_params_close(sparse.params, dense.params)
 
 
 # ---------------------------------------------------------- deprecated names

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdcf import checkpoint, data, embeddings, models, train
+from conftest import assert_params_close, run_steps
 from mdcf.embeddings import HashSpec, hashing
 
 
@@ -74,17 +75,10 @@ def test_a_model_on_hashed_tables_trains_row_sparse_as_dense(name, tmp_path):
                          uniform.scale, uniform.global_mean)
     assert models.num_params(config) == 20 * 4 + 15 * 4 + 80 + 60 + 1
     batch = jax.tree.map(lambda x: jnp.asarray(x[:512]), model.encode(ratings))
-    results = []
-    for sparse in (True, False):
-        opt = train.optimizer(name, 0.05, sparse=sparse)
-        state = train.init_state(jax.random.key(0), model, opt)
-        step = jax.jit(train.make_train_step(model, opt, l2=0.01))
-        for _ in range(3):
-            state = step(state, batch)[0]
-        results.append(state)
-    for x, y in zip(jax.tree.leaves(results[0].params), jax.tree.leaves(results[1].params)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-    checkpoint.save(tmp_path / "hashed.mdcf", model, results[0].params)
+    sparse, dense = (run_steps(model, train.optimizer(name, 0.05, sparse=s), [batch] * 3, l2=0.01)
+                     for s in (True, False))
+    assert_params_close(sparse.params, dense.params)
+    checkpoint.save(tmp_path / "hashed.mdcf", model, sparse.params)
     loaded = checkpoint.load(tmp_path / "hashed.mdcf", model=model)
     assert loaded.model.config == config
     fitted = train.fit(model, ratings, epochs=2, batch_size=256, progress=False, sparse=True)

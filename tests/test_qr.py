@@ -10,6 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mdcf import checkpoint, data, embeddings, models, train
+from conftest import assert_params_close, run_steps
 from mdcf.embeddings import QRSpec, qr
 
 
@@ -73,15 +74,7 @@ def test_a_model_on_qr_tables_trains_row_sparse_as_dense(operation, tmp_path):
     model = models.Model(config, uniform.user_ids, uniform.item_ids, uniform.user_rows, uniform.item_rows,
                          uniform.scale, uniform.global_mean)
     batch = jax.tree.map(lambda x: jnp.asarray(x[:512]), model.encode(ratings))
-    results = []
-    for sparse in (True, False):
-        opt = train.optimizer("adagrad", 0.05, sparse=sparse)
-        state = train.init_state(jax.random.key(0), model, opt)
-        step = jax.jit(train.make_train_step(model, opt, l2=0.01))
-        for _ in range(3):
-            state = step(state, batch)[0]
-        results.append(state)
-    for x, y in zip(jax.tree.leaves(results[0].params), jax.tree.leaves(results[1].params)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-    checkpoint.save(tmp_path / "qr.mdcf", model, results[0].params)
+    sparse, dense = (run_steps(model, train.optimizer("adagrad", 0.05, sparse=s), [batch] * 3, l2=0.01) for s in (True, False))
+    assert_params_close(sparse.params, dense.params)
+    checkpoint.save(tmp_path / "qr.mdcf", model, sparse.params)
     assert checkpoint.load(tmp_path / "qr.mdcf", model=model).model.config == config

@@ -9,6 +9,8 @@ import pytest
 from mdcf import checkpoint, data, io, models, train
 from mdcf.embeddings import MDSpec, md_rows
 from mdcf.train import sparse as row_updates
+
+from conftest import assert_params_close, run_steps
 from mdcf.models import ModelConfig
 
 USER = MDSpec((4, 10, 30), (8, 4, 2), 8, loads=(0.4, 0.3, 0.3))
@@ -26,19 +28,6 @@ def batch_of(seed, size=64, weights=True):
     if weights:
         batch["weights"] = (np.arange(size) < size - 3).astype(np.float32)  # three padding entries
     return batch
-
-
-def run_steps(config, opt, batches, l2=0.05, seed=0):
-    state = train.init_state(jax.random.key(seed), config, opt, global_mean=3.0)
-    step = jax.jit(train.make_train_step(config, opt, l2=l2))
-    for batch in batches:
-        state, _ = step(state, batch)
-    return state
-
-
-def assert_params_close(a, b, rtol=1e-5, atol=1e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
 # Blocks of 300 and 200 rows hold more than two rows per slot in a batch of 64: they are

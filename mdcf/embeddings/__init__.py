@@ -23,8 +23,8 @@ Example:
 
 from . import hashing, md_rows, qr
 from ._kernels import project, scatter_rows, take_rows
-from .base import (RowSparse, Scheme, init, join, lookup, nbytes, num_params, register, row_heights, scheme,
-                   spec_from_dict, split)
+from .base import (RowSparse, Scheme, TaggedSpec, init, join, lookup, nbytes, num_params, register, row_heights,
+                   scheme, slotless_rows, spec_from_dict, split)
 from .hashing import HashSpec
 from .qr import QRSpec
 from .md_lookup import lookup as md_lookup
@@ -48,36 +48,14 @@ register(MDSpec, Scheme(
                    md_rows.gather, md_rows.vectors, md_rows.updated_rows),
 ))
 
-register(HashSpec, Scheme(
-    name="hash",
-    init=hashing.init,
-    lookup=hashing.lookup,
-    num_params=hashing.num_params,
-    nbytes=hashing.nbytes,
-    split=lambda params: ((params,), ()),
-    join=lambda tables, dense: tables[0],
-    row_heights=lambda spec: (spec.n_buckets,),
-    rows=RowSparse(lambda spec, batch, requested: None,
-                   lambda spec, requested: None if requested == "auto" else "'auto' (a hashed layer has no slots)",
-                   hashing.plan, lambda spec, planned: planned, hashing.gather, hashing.vectors, hashing.updated_rows),
-))
-register(QRSpec, Scheme(
-    name="qr",
-    init=qr.init,
-    lookup=qr.lookup,
-    num_params=qr.num_params,
-    nbytes=qr.nbytes,
-    split=lambda params: (tuple(params), ()),
-    join=lambda tables, dense: tuple(tables),
-    row_heights=lambda spec: (spec.quotient_rows, spec.collisions),
-    rows=RowSparse(lambda spec, batch, requested: None,
-                   lambda spec, requested: None if requested == "auto" else "'auto' (a QR layer has no slots)",
-                   qr.plan, lambda spec, planned: planned, qr.gather, qr.vectors, qr.updated_rows),
-))
+register(HashSpec, hashing.SCHEME)
+register(QRSpec, qr.SCHEME)
 
 __all__ = [
     "RowSparse",
     "Scheme",
+    "slotless_rows",
+    "TaggedSpec",
     "register",
     "scheme",
     "init",

@@ -22,12 +22,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+import json
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["RowSparse", "Scheme", "register", "scheme", "spec_from_dict", "init", "lookup", "num_params", "nbytes",
+__all__ = ["RowSparse", "Scheme", "slotless_rows", "TaggedSpec", "register", "scheme", "spec_from_dict", "init", "lookup", "num_params", "nbytes",
            "split", "join", "row_heights"]
 
 
@@ -85,6 +87,38 @@ class Scheme(NamedTuple):
     join: Callable
     row_heights: Callable
     rows: RowSparse | None
+
+
+def slotless_rows(plan: Callable, gather: Callable, vectors: Callable, updated_rows: Callable,
+                  layer: str) -> RowSparse:
+    """The :class:`RowSparse` of a scheme whose plans cannot overflow (no slots to size):
+    ``capacities`` is ``None``, only ``"auto"`` is accepted, and the overflow plan is the plan."""
+    return RowSparse(
+        capacities=lambda spec, batch, requested: None,
+        check_capacities=lambda spec, requested: None if requested == "auto" else f"'auto' ({layer} has no slots)",
+        plan=plan,
+        overflow_plan=lambda spec, planned: planned,
+        gather=gather,
+        vectors=vectors,
+        updated_rows=updated_rows,
+    )
+
+
+class TaggedSpec:
+    """JSON round-trip for a dataclass spec, tagged with its scheme's name (``SCHEME_NAME``)
+    so that :func:`spec_from_dict` finds its type."""
+
+    SCHEME_NAME: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": self.SCHEME_NAME, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]):
+        return cls(**{k: v for k, v in value.items() if k != "scheme"})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
 
 
 _SCHEMES: dict[type, Scheme] = {}

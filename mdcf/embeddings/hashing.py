@@ -16,9 +16,8 @@ Example:
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,13 +25,14 @@ import numpy as np
 
 from .._checks import is_int
 from ._kernels import take_rows
+from .base import Scheme, TaggedSpec, slotless_rows
 
 __all__ = ["HashSpec", "buckets", "init", "lookup", "num_params", "nbytes", "for_budget", "RowPlan", "plan",
-           "gather", "vectors", "updated_rows"]
+           "gather", "vectors", "updated_rows", "SCHEME"]
 
 
 @dataclass(frozen=True)
-class HashSpec:
+class HashSpec(TaggedSpec):
     """A hashed embedding: ``n_rows`` ids, ``n_buckets`` shared rows of ``dim``.
 
     Attributes:
@@ -43,6 +43,7 @@ class HashSpec:
       signed: multiply each id's row by a hashed sign.
     """
 
+    SCHEME_NAME = "hash"
     n_rows: int
     n_buckets: int
     dim: int
@@ -63,16 +64,6 @@ class HashSpec:
     @property
     def base_dim(self) -> int:
         return self.dim
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"scheme": "hash", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, value: dict[str, Any]) -> "HashSpec":
-        return cls(**{k: v for k, v in value.items() if k != "scheme"})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
 
 
 def _mix(ids: jax.Array, seed: int) -> jax.Array:
@@ -161,3 +152,16 @@ def vectors(spec: HashSpec, leaves: tuple, dense, planned: RowPlan) -> jax.Array
 def updated_rows(spec: HashSpec, planned: RowPlan):
     """One gradient row per batch entry, at its shared row (repeats summed by the step)."""
     return (planned.rows,), ("rows",)
+
+
+SCHEME = Scheme(
+    name="hash",
+    init=init,
+    lookup=lookup,
+    num_params=num_params,
+    nbytes=nbytes,
+    split=lambda params: ((params,), ()),
+    join=lambda tables, dense: tables[0],
+    row_heights=lambda spec: (spec.n_buckets,),
+    rows=slotless_rows(plan, gather, vectors, updated_rows, "a hashed layer"),
+)

@@ -21,24 +21,24 @@ Example:
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from .._checks import is_int
 from ._kernels import take_rows
+from .base import Scheme, TaggedSpec, slotless_rows
 
 __all__ = ["QRSpec", "OPERATIONS", "init", "lookup", "num_params", "nbytes", "for_budget", "RowPlan", "plan",
-           "gather", "vectors", "updated_rows"]
+           "gather", "vectors", "updated_rows", "SCHEME"]
 
 OPERATIONS = ("mult", "add", "concat")
 
 
 @dataclass(frozen=True)
-class QRSpec:
+class QRSpec(TaggedSpec):
     """A quotient-remainder layer over ``n_rows`` ids with ``collisions`` remainder rows.
 
     Attributes:
@@ -48,6 +48,7 @@ class QRSpec:
       operation: one of :data:`OPERATIONS`.
     """
 
+    SCHEME_NAME = "qr"
     n_rows: int
     collisions: int
     dim: int
@@ -78,16 +79,6 @@ class QRSpec:
         if self.operation == "concat":
             return (self.dim + 1) // 2, self.dim // 2
         return self.dim, self.dim
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"scheme": "qr", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, value: dict[str, Any]) -> "QRSpec":
-        return cls(**{k: v for k, v in value.items() if k != "scheme"})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
 
 
 def num_params(spec: QRSpec) -> int:
@@ -199,3 +190,16 @@ def vectors(spec: QRSpec, leaves: tuple, dense, planned: RowPlan) -> jax.Array:
 def updated_rows(spec: QRSpec, planned: RowPlan):
     """One gradient row per batch entry in each table (repeats summed by the step)."""
     return (planned.quotient, planned.remainder), ("rows", "rows")
+
+
+SCHEME = Scheme(
+    name="qr",
+    init=init,
+    lookup=lookup,
+    num_params=num_params,
+    nbytes=nbytes,
+    split=lambda params: (tuple(params), ()),
+    join=lambda tables, dense: tuple(tables),
+    row_heights=lambda spec: (spec.quotient_rows, spec.collisions),
+    rows=slotless_rows(plan, gather, vectors, updated_rows, "a QR layer"),
+)
