@@ -1,5 +1,6 @@
 """Reading ratings files: every format, auto-detection, and a clear error for every bad input."""
 
+import struct
 import zipfile
 
 import numpy as np
@@ -175,6 +176,21 @@ def test_truncated_and_corrupt_zip(tmp_path):
     corrupt_path = write(tmp_path / "corrupt.zip", bytes(corrupt))
     with pytest.raises(RatingsFormatError, match="corrupt"):
         read_ratings(corrupt_path)
+    # A member whose size fields claim more (or fewer) bytes than it holds, stored or deflated.
+    for compression in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        with zipfile.ZipFile(good, "w", compression=compression) as z:
+            z.writestr("ml/u.data", udata_text() * 50)
+        raw = good.read_bytes()
+        central = raw.rindex(b"PK\x01\x02")
+        size = struct.unpack_from("<I", raw, central + 24)[0]
+        for claimed, message in ((size + 100, f"ends after {size:,} bytes; its header claims {size + 100:,}"),
+                                 (size - 100, "corrupt archive member")):
+            lying = bytearray(raw)
+            struct.pack_into("<I", lying, central + 24, claimed)  # the central directory's size
+            struct.pack_into("<I", lying, 22, claimed)  # the local header's
+            with pytest.raises(RatingsFormatError, match=message if compression == zipfile.ZIP_DEFLATED
+                               or claimed < size else "corrupt archive member"):
+                read_ratings(write(tmp_path / "lying.zip", bytes(lying)))
     with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
         z.writestr("readme.txt", "nothing here")
     with pytest.raises(RatingsFormatError, match="no ratings file"):

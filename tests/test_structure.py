@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mdcf"
 # Imports that may wait inside a function: optional or heavy dependencies only.
-LAZY_OK = ("matplotlib", "tqdm", "torch", "surprise")
+LAZY_OK = ("matplotlib", "tqdm", "torch", "surprise", "orbax")
 MAX_LINES = 550
 
 

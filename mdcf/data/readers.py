@@ -84,7 +84,7 @@ class _Source:
         if self.member is None:
             return open(self.path, "rb")
         archive = _open_zip(self.path)
-        return archive.open(self.member)
+        return io.BufferedReader(_SizedMember(archive.open(self.member), archive.getinfo(self.member).file_size))
 
     def read_bytes(self) -> bytes:
         with self.open() as f:
@@ -93,6 +93,30 @@ class _Source:
     def head(self, n_bytes: int = 1 << 16) -> bytes:
         with self.open() as f:
             return f.read(n_bytes)
+
+
+class _SizedMember(io.RawIOBase):
+    """A zip member's stream that ends with EOFError when it holds fewer bytes than its
+    header claims (zipfile itself checks this for stored members, not for deflated ones)."""
+
+    def __init__(self, member: IO[bytes], size: int):
+        self._member, self._size, self._count = member, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._member.read(len(buffer))
+        if not data and len(buffer) and self._count != self._size:
+            raise EOFError(f"the member ends after {self._count:,} bytes; its header claims {self._size:,} "
+                           "(a damaged archive)")
+        buffer[: len(data)] = data
+        self._count += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._member.close()
+        super().close()
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:

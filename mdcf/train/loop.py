@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
@@ -176,7 +177,7 @@ def fit(
         return FitResult(model, first.params, first.state, first.history, first.best_epoch, first.stopped)
     again = _run_phase(run, train, None, first.best_epoch, batch_size, patience=None, restore_best=False,
                        progress=f"refit {model.config.kind}" if progress else False,
-                       checkpoint=_refit_checkpoint(checkpoint, first.best_epoch))
+                       checkpoint=_refit_checkpoint(checkpoint, first.best_epoch, run))
     return FitResult(model, again.params, again.state, first.history, first.best_epoch, first.stopped,
                      again.history)
 
@@ -246,19 +247,26 @@ class _Phase(NamedTuple):
     stopped: bool
 
 
-def _refit_checkpoint(checkpoint: str | None, epochs: int) -> str | None:
+def _refit_checkpoint(checkpoint: str | None, epochs: int, run: _Run) -> str | None:
     """The refit's checkpoint path; one holding more epochs (of a longer run) is removed."""
     if checkpoint is None:
         return None
     path = f"{checkpoint}.refit"
-    if os.path.exists(path) and checkpoints.load(path).meta.get("epoch", 0) > epochs:
-        os.remove(path)  # a refit of another run (a longer one): start it again
+    if os.path.exists(path) and checkpoints.load(path, mesh=run.mesh).meta.get("epoch", 0) > epochs:
+        _remove(path)  # a refit of another run (a longer one): start it again
     return path
 
 
 def _settings(run: _Run, batch_size: int) -> dict:
     """The settings that shape a run's trajectory, kept in its checkpoints."""
     return {"seed": run.seed, "l2": run.l2, "batch_size": batch_size, "optimizer": run.optimizer_label}
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
 
 
 def _check_settings(path, saved: dict | None, now: dict) -> None:
@@ -282,7 +290,7 @@ def _resume(run: _Run, path: str | None, epochs: int, initial_state, start_epoch
     state = initial_state
     if path is not None and state is None and os.path.exists(path):
         try:
-            loaded = checkpoints.load(path, opt=run.opt, model=run.model)
+            loaded = checkpoints.load(path, opt=run.opt, model=run.model, mesh=run.mesh, model_axis=run.model_axis)
         except checkpoints.CheckpointMismatchError as err:
             if not err.differences:  # the same model, another optimiser's state: say which setting differs
                 _check_settings(path, checkpoints.load(path).meta.get("settings"), settings)
@@ -366,8 +374,7 @@ def _run_phase(run: _Run, train, validation, epochs: int, batch_size: int, *, pa
                 bar.update(1)
                 bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k in ("train_loss", "val_rmse")})
             if checkpoint is not None:
-                best_params = unpadded(state._replace(params=best["params"])).params if restore_best else None
-                checkpoints.save(checkpoint, model, unpadded(state), best_params=best_params,
+                checkpoints.save(checkpoint, model, state, best_params=best["params"] if restore_best else None,
                                  meta={"epoch": epoch, "history": history, "settings": settings,
                                        "best": {k: v for k, v in best.items() if k != "params"}})
             if any(callback(epoch, logs, state) for callback in callbacks):
