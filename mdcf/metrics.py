@@ -1,4 +1,5 @@
-"""Rating-prediction metrics, including the paper's popular-third / rare-third split."""
+"""Metrics: rating prediction (including the paper's popular-third / rare-third split) and
+click prediction (logloss, accuracy, exact ROC AUC)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["mse", "rmse", "mae", "popularity_thirds", "rating_metrics"]
+__all__ = ["mse", "rmse", "mae", "popularity_thirds", "rating_metrics", "logloss", "accuracy", "auc", "ctr_metrics"]
 
 
 def _pair(pred, target, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -72,3 +73,55 @@ def rating_metrics(pred, target, item_rows, n_items: int) -> dict[str, float]:
         "n_popular": int(popular.sum()),
         "n_rare": int(rare.sum()),
     }
+
+
+def _clicks(prob, labels, where: str) -> tuple[np.ndarray, np.ndarray]:
+    prob, labels = _pair(prob, labels, where)
+    if prob.ndim != 1:
+        raise ValueError(f"{where}: probabilities and labels must be 1-D, got shape {prob.shape}")
+    if labels.size and not np.all((labels == 0) | (labels == 1)):
+        raise ValueError(f"{where}: labels must be 0 or 1, got values such as {labels[(labels != 0) & (labels != 1)][0]}")
+    return prob, labels
+
+
+def logloss(prob, labels, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy of click probabilities (clipped to ``[eps, 1 - eps]``); NaN when empty."""
+    prob, labels = _clicks(prob, labels, "logloss")
+    if not prob.size:
+        return math.nan
+    prob = np.clip(prob, eps, 1 - eps)
+    return float(-np.mean(labels * np.log(prob) + (1 - labels) * np.log1p(-prob)))
+
+
+def accuracy(prob, labels, threshold: float = 0.5) -> float:
+    """Fraction of examples where ``prob > threshold`` agrees with the label; NaN when empty."""
+    prob, labels = _clicks(prob, labels, "accuracy")
+    return float(np.mean((prob > threshold) == (labels == 1))) if prob.size else math.nan
+
+
+def auc(scores, labels) -> float:
+    """Exact area under the ROC curve: the probability that a random click scores above a
+    random non-click, ties counting one half (the Mann-Whitney statistic from one sort,
+    O(n log n), vectorised). NaN when either class is absent."""
+    scores, labels = _clicks(scores, labels, "auc")
+    positives = float(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    order = np.argsort(scores, kind="stable")
+    ranked = scores[order]
+    # Average ranks (1-based) over runs of tied scores.
+    starts = np.flatnonzero(np.concatenate([[True], ranked[1:] != ranked[:-1]]))
+    ends = np.append(starts[1:], ranked.size)
+    average = (starts + ends + 1) / 2.0
+    ranks = np.repeat(average, ends - starts)
+    rank_sum = float(np.sum(ranks[labels[order] == 1]))
+    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+
+
+def ctr_metrics(prob, labels) -> dict[str, float]:
+    """``logloss``, ``accuracy``, ``auc``, the mean prediction and the positive rate, and ``n``."""
+    prob, labels = _clicks(prob, labels, "ctr_metrics")
+    return {"logloss": logloss(prob, labels), "accuracy": accuracy(prob, labels), "auc": auc(prob, labels),
+            "mean_prediction": float(prob.mean()) if prob.size else math.nan,
+            "positive_rate": float(labels.mean()) if labels.size else math.nan, "n": int(prob.size)}

@@ -7,6 +7,8 @@ The public contract of the data layer::
     load_movielens, MOVIELENS                      verified downloads, fallbacks, parsed caches
     split, kfold, official_split, Split            train/test splits with cold-start counts
     synthetic, GroundTruth                         ratings from a known low-rank model
+    load_criteo, CTRData, CTRSplit, split_ctr      click logs in the Criteo format, cached
+    synthetic_ctr, CTRTruth, write_criteo_text     Criteo-shaped clicks from a known model
 
 Example:
   >>> from mdcf import data
@@ -16,6 +18,9 @@ Example:
   3000
 """
 
+from .criteo import CTR_SPLITS, CTRData, CTRSplit, load_criteo, split_ctr, transform_dense
+from .criteo_parse import CriteoFormatError
+from .criteo_synthetic import KAGGLE_CARDINALITIES, CTRTruth, synthetic_ctr, write_criteo_text
 from .movielens import (
     MOVIELENS,
     ChecksumError,
@@ -65,4 +70,15 @@ __all__ = [
     "GroundTruth",
     "synthetic",
     "zipf_weights",
+    "CTR_SPLITS",
+    "CTRData",
+    "CTRSplit",
+    "load_criteo",
+    "split_ctr",
+    "transform_dense",
+    "CriteoFormatError",
+    "KAGGLE_CARDINALITIES",
+    "CTRTruth",
+    "synthetic_ctr",
+    "write_criteo_text",
 ]
