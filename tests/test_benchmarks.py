@@ -34,3 +34,14 @@ def test_bench_embedding_rejects_zero_copies():
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_embedding.py"), "--copies", "0"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--copies and --rounds must be at least 1" in result.stderr
+
+
+def test_bench_criteo_reader_tiny():
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_criteo_reader.py"), "--lines", "3000", "6000"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if re.match(r"\s*[36],000\s", line)]
+    assert len(rows) == 2, result.stdout
+    assert re.search(r"target >= 300,000 lines/s: (met|not met)", result.stdout)
+    assert re.search(r"peak memory grows [\d.]+x for 2.0x the lines", result.stdout)
+    assert re.search(r"reload within 2 s: (met|not met)", result.stdout)

@@ -7,6 +7,7 @@ The public contract::
     init, apply, embed, head            parameters and predictions
     num_params, check_params            counting and checking parameters
     Model, build_model                  a model bound to its data's id maps and popularity
+    dlrm                                click-through-rate prediction: DLRM on stacked fields
 
 Users and items are *rows in block order* (most frequent first); :class:`Model`
 carries the maps from original ids, and :func:`mdcf.train.predict` works on
@@ -20,10 +21,11 @@ Example:
   (4, 16)
 """
 
+from . import dlrm
 from .config import ModelConfig
 from .core import apply, check_params, embed, head, init, layer_params, num_params
 from .kinds import KINDS, REGISTRY, Kind
 from .model import Model, build_model
 
 __all__ = ["KINDS", "REGISTRY", "Kind", "ModelConfig", "Model", "init", "embed", "head", "apply", "num_params",
-           "check_params", "layer_params", "build_model"]
+           "check_params", "layer_params", "build_model", "dlrm"]
