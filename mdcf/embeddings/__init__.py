@@ -8,6 +8,7 @@ The public contract::
     MDSpec, MDParams                               the MD layer (a uniform table is one block)
     HashSpec (mdcf.embeddings.hashing)             the hashing trick: ids share a table through a seeded hash
     QRSpec (mdcf.embeddings.qr)                    quotient-remainder: two small tables combined per id
+    lowrank.low_rank, lowrank.for_budget           a table times a shared matrix (MD with one block)
     lookup_bag, materialize, check_ids             MD lookups
     block_capacities, head_blocks, route, ...      the MD layer's grouped path
     take_rows, scatter_rows, project               fast row gathers, scatters and projections
@@ -21,7 +22,7 @@ Example:
   (3, 32)
 """
 
-from . import hashing, md_rows, qr
+from . import hashing, lowrank, md_rows, qr
 from ._kernels import project, scatter_rows, take_rows
 from .base import (RowSparse, Scheme, TaggedSpec, init, join, lookup, nbytes, num_params, register, row_heights,
                    scheme, slotless_rows, spec_from_dict, split)
@@ -71,6 +72,7 @@ __all__ = [
     "hashing",
     "QRSpec",
     "qr",
+    "lowrank",
     "MDParams",
     "lookup_bag",
     "materialize",
