@@ -9,6 +9,7 @@ The public contract::
     HashSpec (mdcf.embeddings.hashing)             the hashing trick: ids share a table through a seeded hash
     QRSpec (mdcf.embeddings.qr)                    quotient-remainder: two small tables combined per id
     lowrank.low_rank, lowrank.for_budget           a table times a shared matrix (MD with one block)
+    quantize.quantize, quantize.lookup             post-training int8 / int4 rows of a trained MD layer
     lookup_bag, materialize, check_ids             MD lookups
     block_capacities, head_blocks, route, ...      the MD layer's grouped path
     take_rows, scatter_rows, project               fast row gathers, scatters and projections
@@ -22,7 +23,7 @@ Example:
   (3, 32)
 """
 
-from . import hashing, lowrank, md_rows, qr
+from . import hashing, lowrank, md_rows, qr, quantize
 from ._kernels import project, scatter_rows, take_rows
 from .base import (RowSparse, Scheme, TaggedSpec, init, join, lookup, nbytes, num_params, register, row_heights,
                    scheme, slotless_rows, spec_from_dict, split)
@@ -73,6 +74,7 @@ __all__ = [
     "QRSpec",
     "qr",
     "lowrank",
+    "quantize",
     "MDParams",
     "lookup_bag",
     "materialize",
