@@ -149,11 +149,11 @@ def save(path: os.PathLike | str, model: Model, state_or_params, *, best_params=
     trimmed = jax.eval_shape(functools.partial(trim, config), state_or_params)  # shapes only
     params = trimmed.params if isinstance(trimmed, TrainState) else trimmed
     models.check_params(config, params, f"save {path}: params")
-    if best_params is not None:
-        models.check_params(config, jax.eval_shape(functools.partial(trim, config), best_params),
-                            f"save {path}: best_params")
+    best_shapes = None if best_params is None else jax.eval_shape(functools.partial(trim, config), best_params)
+    if best_shapes is not None:
+        models.check_params(config, best_shapes, f"save {path}: best_params")
     arrays = {name: jnp.asarray(leaf) for name, leaf in _trees(state_or_params, best_params).items()}
-    shapes = _trees(trimmed, None if best_params is None else jax.eval_shape(functools.partial(trim, config), best_params))
+    shapes = _trees(trimmed, best_shapes)
     header = make_header(model, state_or_params, best_params, meta)
     header["format"] = FORMAT
     header["model"] = {name: {"dtype": value.dtype.str, "values": value.tolist()}

@@ -228,7 +228,8 @@ def _convert(path: Path, folder: Path, options: dict, progress: bool, block_byte
         if n == 0:
             raise CriteoFormatError(str(path), None, "the file holds no examples")
         _second_pass(work, n, options)
-        os.replace(work, folder) if not folder.exists() else shutil.rmtree(work)
+        if not folder.exists():  # else another process finished the same cache first: keep theirs
+            os.replace(work, folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
