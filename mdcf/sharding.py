@@ -126,7 +126,7 @@ def _has_table_leaves(dense_state) -> bool:
 def trim_state(state, config):
     """Undo :func:`pad_state`: every table back to its model's row counts."""
     heights = {name: embeddings.row_heights(spec) for name, _, spec in config.embeddings}
-    heights.update({name: getattr(config, side).n_rows for name, side in config.row_tables if name not in heights})
+    heights.update({name: config.sides[side].n_rows for name, side in config.row_tables if name not in heights})
 
     def trim_tables(tables):
         # Per table leaf its height; the leaf's row state (a tuple of arrays) is cut alike.

@@ -223,7 +223,7 @@ def test_empty_sets_and_foreign_id_types_are_named(ratings):
     empty = ratings.subset(np.arange(0))
     with pytest.raises(ValueError, match="fit: the training set is empty"):
         train.fit(model, empty, progress=False)
-    with pytest.raises(ValueError, match="evaluate: no ratings to evaluate on"):
+    with pytest.raises(ValueError, match="evaluate: no examples to evaluate on"):
         train.evaluate(model, params, empty)
     with pytest.raises(TypeError, match=r"predict: ids of dtype <U1 cannot be the model's ids, which are numbers"):
         train.predict(model, params, ["1"], ["2"])

@@ -27,8 +27,8 @@ def run(script, *args, timeout=900):
     return done.stdout
 
 
-@pytest.mark.parametrize("kind, layouts", [("mf", ("data", "rows", "both", "step")), ("neumf", ("both", "step"))],
-                         ids=["mf", "neumf"])
+@pytest.mark.parametrize("kind, layouts", [("mf", ("data", "rows", "both", "step")), ("neumf", ("both", "step")),
+                                           ("dlrm", ("both",))], ids=["mf", "neumf", "dlrm"])
 def test_sharded_training_matches_one_device(kind, layouts):
     """One subprocess per model kind (so that the kinds can run on different test workers)."""
     report = json.loads(run("sharding_check.py", kind).strip().splitlines()[-1])
@@ -36,7 +36,7 @@ def test_sharded_training_matches_one_device(kind, layouts):
     for layout in layouts:
         result = report[f"{kind}/{layout}"]
         assert result["params"] < 1e-5 and result["state"] < 1e-5, (layout, result)
-        assert result["val_mse"] < 1e-5, (layout, result)
+        assert result.get("val_mse", result.get("val_logloss")) < 1e-5, (layout, result)
         shards = {"data": 1, "rows": 4, "both": 2, "step": 2}[layout]
         assert result["layout"]["devices"] == 4, (layout, result)
         assert result["layout"]["rows"] % shards == 0, (layout, result)  # padded to split evenly

@@ -26,7 +26,6 @@ import jax
 
 from . import sharded, single
 from .common import Checkpoint, CheckpointMismatchError, model_differences
-from ..models import Model
 from ..train.optim import as_optimizer
 
 __all__ = ["CheckpointMismatchError", "Checkpoint", "save", "load", "model_differences", "is_sharded"]
@@ -39,13 +38,13 @@ def _spans_devices(tree) -> bool:
                if getattr(leaf, "sharding", None) is not None)
 
 
-def save(path: os.PathLike | str, model: Model, state_or_params, *, best_params=None,
+def save(path: os.PathLike | str, model, state_or_params, *, best_params=None,
          meta: Mapping[str, Any] | None = None, sharded_format: bool | None = None) -> None:
     """Atomically save a model with its parameters or full train state.
 
     Args:
       path: destination file, or folder for the sharded format.
-      model: the :class:`~mdcf.models.Model`.
+      model: the :class:`~mdcf.models.Model`, or a model config without id maps (DLRM).
       state_or_params: a :class:`~mdcf.train.TrainState` (parameters, optimiser
         state and step: enough to resume exactly) or a params dict; tables may be
         padded and placed on a mesh (:func:`mdcf.sharding.shard_state`).
@@ -71,7 +70,7 @@ def save(path: os.PathLike | str, model: Model, state_or_params, *, best_params=
     writer(path, model, state_or_params, best_params=best_params, meta=meta)
 
 
-def load(path: os.PathLike | str, opt=None, *, model: Model | None = None, mesh=None,
+def load(path: os.PathLike | str, opt=None, *, model=None, mesh=None,
          model_axis: str | None = "model") -> Checkpoint:
     """Load a checkpoint written by :func:`save` (either format).
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import models, sharding
 from ..io import CorruptFileError
-from ..models import Model, ModelConfig
+from ..models import Model
 from ..train.state import TrainState, init_state
 
 __all__ = ["CheckpointMismatchError", "Checkpoint", "model_differences"]
@@ -36,7 +36,8 @@ class Checkpoint(NamedTuple):
     """What :func:`mdcf.checkpoint.load` returns.
 
     Attributes:
-      model: the :class:`~mdcf.models.Model` (structure and id maps).
+      model: the :class:`~mdcf.models.Model` (structure and id maps), or the bare config of
+        a model saved without id maps (DLRM).
       params: the saved parameters.
       state: the :class:`~mdcf.train.TrainState` (None unless an optimiser was given
         and the checkpoint holds one).
@@ -54,10 +55,11 @@ class Checkpoint(NamedTuple):
 MODEL_ARRAYS = ("model/user_ids", "model/item_ids", "model/user_rows", "model/item_rows")
 
 
-def model_differences(saved: Model, model: Model) -> list[str]:
-    """What differs between two models, in words: structure fields, then id maps (empty: the same model)."""
+def model_differences(saved, model) -> list[str]:
+    """What differs between two models (:class:`~mdcf.models.Model` or a config of any
+    family), in words: structure fields, then id maps (empty: the same model)."""
     out = []
-    a, b = saved.config.to_dict(), model.config.to_dict()
+    a, b = models.config_of(saved).to_dict(), models.config_of(model).to_dict()
     for key in a.keys() | b.keys():
         if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):  # an embedding spec
             out += [f"{key} {sub}: saved {short(a[key].get(sub))}, now {short(b[key].get(sub))}"
@@ -65,6 +67,10 @@ def model_differences(saved: Model, model: Model) -> list[str]:
         elif a.get(key) != b.get(key):
             out.append(f"{key}: saved {short(a.get(key))}, now {short(b.get(key))}")
     out.sort()
+    if not (isinstance(saved, Model) and isinstance(model, Model)):
+        if isinstance(saved, Model) != isinstance(model, Model):
+            out.append("id maps: one model has them, the other not")
+        return out
     for side in ("user", "item"):
         same = all(np.array_equal(getattr(saved, f"{side}_{kind}"), getattr(model, f"{side}_{kind}"))
                    for kind in ("ids", "rows"))
@@ -83,8 +89,10 @@ def ids_array(ids: np.ndarray) -> np.ndarray:
     return ids.astype(str) if ids.dtype.hasobject else ids
 
 
-def model_arrays(model: Model) -> dict[str, np.ndarray]:
-    """The model's id maps, by their names in a checkpoint."""
+def model_arrays(model) -> dict[str, np.ndarray]:
+    """The model's id maps, by their names in a checkpoint (none for a bare config, e.g. DLRM)."""
+    if not isinstance(model, Model):
+        return {}
     return {
         "model/user_ids": ids_array(model.user_ids),
         "model/item_ids": ids_array(model.item_ids),
@@ -93,14 +101,16 @@ def model_arrays(model: Model) -> dict[str, np.ndarray]:
     }
 
 
-def make_header(model: Model, state_or_params, best_params, meta: Mapping[str, Any] | None) -> dict:
+def make_header(model, state_or_params, best_params, meta: Mapping[str, Any] | None) -> dict:
     """The JSON header of a checkpoint (both formats)."""
     has_state = isinstance(state_or_params, TrainState)
+    bound = isinstance(model, Model)
     return {
         "checkpoint_version": CHECKPOINT_VERSION,
-        "config": model.config.to_dict(),
-        "scale": None if model.scale is None else list(model.scale),
-        "global_mean": model.global_mean,
+        "config": models.config_of(model).to_dict(),
+        "id_maps": bound,
+        "scale": None if not bound or model.scale is None else list(model.scale),
+        "global_mean": model.global_mean if bound else 0.0,
         "has_state": has_state,
         "sparse_state": has_state and bool(state_or_params.row_state),
         "has_best": best_params is not None,
@@ -108,18 +118,23 @@ def make_header(model: Model, state_or_params, best_params, meta: Mapping[str, A
     }
 
 
-def saved_model(path: Path, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                model: Model | None) -> Model:
-    """The model a checkpoint holds, checked for completeness and (if given) against ``model``."""
+def saved_model(path: Path, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray], model):
+    """The model a checkpoint holds (a :class:`~mdcf.models.Model`, or a bare config when it
+    was saved without id maps), checked for completeness and (if given) against ``model``."""
     if header.get("checkpoint_version") != CHECKPOINT_VERSION or "config" not in header:
         raise CorruptFileError(path, "not an mdcf checkpoint (or written by an incompatible version)")
+    bound = header.get("id_maps", True)
     missing = [name for name in ("scale", "global_mean") if name not in header]
-    missing += [name for name in MODEL_ARRAYS if name not in arrays]
+    missing += [name for name in MODEL_ARRAYS if bound and name not in arrays]
     if missing:
         raise CorruptFileError(path, f"the checkpoint has no member {missing[0]!r}; it is damaged or was not "
                                      "written by mdcf.checkpoint.save")
-    saved = Model(
-        ModelConfig.from_dict(header["config"]), arrays["model/user_ids"], arrays["model/item_ids"],
+    try:
+        config = models.config_from_dict(header["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptFileError(path, f"the saved model structure cannot be read: {err}") from None
+    saved = config if not bound else Model(
+        config, arrays["model/user_ids"], arrays["model/item_ids"],
         arrays["model/user_rows"], arrays["model/item_rows"],
         None if header["scale"] is None else tuple(header["scale"]), header["global_mean"],
     )
@@ -139,17 +154,17 @@ def check_optimizer(path: Path, header: Mapping[str, Any], opt) -> None:
         )
 
 
-def params_template(config: ModelConfig):
+def params_template(config):
     """Shapes and dtypes of a model's parameters (nothing allocated)."""
     return jax.eval_shape(lambda: models.init(jax.random.key(0), config, 0.0))
 
 
-def state_template(config: ModelConfig, opt):
+def state_template(config, opt):
     """Shapes and dtypes of a train state for ``opt`` (nothing allocated)."""
     return jax.eval_shape(lambda: init_state(jax.random.key(0), config, opt, 0.0))
 
 
-def trim(config: ModelConfig, state_or_params):
+def trim(config, state_or_params):
     """A state or params with every table cut back to its model's rows (undoes mesh padding).
 
     Parameters of another structure are returned as they are, for

@@ -34,7 +34,6 @@ from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from .. import models, sharding
 from ..io import CorruptFileError
-from ..models import Model
 from ..train.state import TrainState
 from .common import (Checkpoint, CheckpointMismatchError, check_optimizer, make_header, model_arrays,
                      params_template, saved_model, state_template, trim)
@@ -140,12 +139,12 @@ def fingerprint(x, rows: int | None = None) -> int:
     return int(jax.device_get(_fingerprint(x, rows)))
 
 
-def save(path: os.PathLike | str, model: Model, state_or_params, *, best_params=None,
+def save(path: os.PathLike | str, model, state_or_params, *, best_params=None,
          meta: Mapping[str, Any] | None = None) -> None:
     """Write a sharded checkpoint folder (see :func:`mdcf.checkpoint.save`); every process calls it."""
     ocp = _orbax()
     path = Path(path).absolute()
-    config = model.config
+    config = models.config_of(model)
     trimmed = jax.eval_shape(functools.partial(trim, config), state_or_params)  # shapes only
     params = trimmed.params if isinstance(trimmed, TrainState) else trimmed
     models.check_params(config, params, f"save {path}: params")
@@ -214,7 +213,7 @@ def _target(path: Path, header, config, opt, mesh, model_axis):
     return shapes, out
 
 
-def load(path: Path, opt=None, *, model: Model | None = None, mesh=None, model_axis: str | None = "model") -> Checkpoint:
+def load(path: Path, opt=None, *, model=None, mesh=None, model_axis: str | None = "model") -> Checkpoint:
     """Restore a sharded checkpoint folder (see :func:`mdcf.checkpoint.load`)."""
     ocp = _orbax()
     path = Path(path).absolute()
@@ -232,7 +231,7 @@ def load(path: Path, opt=None, *, model: Model | None = None, mesh=None, model_a
         arrays = {name: np.asarray(entry["values"], dtype=np.dtype(entry["dtype"]))
                   for name, entry in header.get("model", {}).items()}
         saved = saved_model(path, header, arrays, model)
-        shapes, target = _target(path, header, saved.config, opt, mesh, model_axis)
+        shapes, target = _target(path, header, models.config_of(saved), opt, mesh, model_axis)
         stored = header.get("arrays", {})
         for name, leaf in shapes.items():
             entry = stored.get(name)
@@ -259,8 +258,8 @@ def _restore_args(ocp, target):
             for name, leaf in target.items()}
 
 
-def _assemble(saved: Model, header, values, opt) -> Checkpoint:
-    config = saved.config
+def _assemble(saved, header, values, opt) -> Checkpoint:
+    config = models.config_of(saved)
 
     def tree(prefix, template):
         leaves = [values[f"{prefix}.{_name(p)}".rstrip(".")] for p, _ in jax.tree_util.tree_flatten_with_path(template)[0]]

@@ -17,7 +17,6 @@ import numpy as np
 
 from .. import models, sharding
 from ..io import CorruptFileError, read_arrays, write_arrays
-from ..models import Model
 from ..train.state import TrainState
 from .common import (Checkpoint, CheckpointMismatchError, check_optimizer, make_header, model_arrays,
                      params_template, saved_model, state_template, trim)
@@ -49,17 +48,17 @@ def _unflatten(prefix: str, template, arrays: dict, path: Path):
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), [jnp.asarray(x) for x in leaves])
 
 
-def save(path: os.PathLike | str, model: Model, state_or_params, *, best_params=None,
+def save(path: os.PathLike | str, model, state_or_params, *, best_params=None,
          meta: Mapping[str, Any] | None = None) -> None:
     """Gather a model with its parameters or train state into one file, atomically
     (see :func:`mdcf.checkpoint.save`). Tables padded for a mesh are cut back to their rows."""
     has_state = isinstance(state_or_params, TrainState)
-    state_or_params = trim(model.config, state_or_params)
+    state_or_params = trim(models.config_of(model), state_or_params)
     params = state_or_params.params if has_state else state_or_params
-    models.check_params(model.config, params, f"save {path}: params")  # never a checkpoint that cannot be used
+    models.check_params(models.config_of(model), params, f"save {path}: params")  # never a checkpoint that cannot be used
     if best_params is not None:
-        best_params = trim(model.config, best_params)
-        models.check_params(model.config, best_params, f"save {path}: best_params")
+        best_params = trim(models.config_of(model), best_params)
+        models.check_params(models.config_of(model), best_params, f"save {path}: best_params")
     arrays = model_arrays(model)
     _flatten("params", params, arrays)
     if has_state:
@@ -71,14 +70,14 @@ def save(path: os.PathLike | str, model: Model, state_or_params, *, best_params=
     write_arrays(path, arrays, make_header(model, state_or_params, best_params, meta))
 
 
-def load(path: Path, opt=None, *, model: Model | None = None, mesh=None, model_axis: str | None = "model") -> Checkpoint:
+def load(path: Path, opt=None, *, model=None, mesh=None, model_axis: str | None = "model") -> Checkpoint:
     """Read a single-file checkpoint (see :func:`mdcf.checkpoint.load`)."""
     arrays, header = read_arrays(path)
     if header.get("has_state") and "step" not in arrays and "config" in header:
         raise CorruptFileError(path, "the checkpoint has no member 'step'; it is damaged or was not "
                                      "written by mdcf.checkpoint.save")
     saved = saved_model(path, header, arrays, model)
-    config = saved.config
+    config = models.config_of(saved)
     template = params_template(config)
     params = _unflatten("params", template, arrays, path)
     best = _unflatten("best", template, arrays, path) if header.get("has_best") else None

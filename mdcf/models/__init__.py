@@ -4,10 +4,14 @@ The public contract::
 
     ModelConfig                         the static structure (hashable, JSON round-trip)
     KINDS, REGISTRY, Kind               the model kinds, one registry entry each
-    init, apply, embed, head            parameters and predictions
-    num_params, check_params            counting and checking parameters
+    apply, embed, head                  predictions of the rating models
     Model, build_model                  a model bound to its data's id maps and popularity
     dlrm                                click-through-rate prediction: DLRM on stacked fields
+    Task, RATING, CLICK, TASKS          what a model predicts: its targets, loss and metric
+    Family, FAMILIES, family            every model family (rating models, DLRM) behind one interface
+    init, forward, outputs, num_params, parameters, outputs (from vectors, from a batch), counts
+    check_params, encode,               and checks of a model of any family; batches of
+    config_from_dict, config_of         its data; configs from JSON
 
 Users and items are *rows in block order* (most frequent first); :class:`Model`
 carries the maps from original ids, and :func:`mdcf.train.predict` works on
@@ -23,9 +27,13 @@ Example:
 
 from . import dlrm
 from .config import ModelConfig
-from .core import apply, check_params, embed, head, init, layer_params, num_params
+from .core import apply, embed, head, layer_params
+from .family import (FAMILIES, Family, check_params, config_from_dict, config_of, encode, family, forward, init,
+                     num_params, outputs, value_tables)
 from .kinds import KINDS, REGISTRY, Kind
 from .model import Model, build_model
+from .task import CLICK, RATING, TASKS, Task
 
 __all__ = ["KINDS", "REGISTRY", "Kind", "ModelConfig", "Model", "init", "embed", "head", "apply", "num_params",
-           "check_params", "layer_params", "build_model", "dlrm"]
+           "check_params", "layer_params", "build_model", "dlrm", "Task", "RATING", "CLICK", "TASKS", "Family",
+           "FAMILIES", "family", "forward", "outputs", "value_tables", "encode", "config_from_dict", "config_of"]

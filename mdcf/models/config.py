@@ -9,6 +9,7 @@ from typing import Any
 from .. import embeddings
 from ..embeddings import MDSpec
 from .kinds import KINDS, REGISTRY
+from .task import RATING, Task
 
 __all__ = ["ModelConfig"]
 
@@ -55,6 +56,31 @@ class ModelConfig:
         object.__setattr__(self, "layers", layers)
 
     @property
+    def task(self) -> Task:
+        """Rating regression (:data:`mdcf.models.RATING`)."""
+        return RATING
+
+    @property
+    def sides(self) -> dict[str, MDSpec]:
+        """The row spaces a batch indexes, by side: ``{"user": spec, "item": spec}``."""
+        return {"user": self.user, "item": self.item}
+
+    @property
+    def id_keys(self) -> dict[str, str]:
+        """The batch key holding each side's rows (``[B]`` int)."""
+        return {"user": "users", "item": "items"}
+
+    @property
+    def id_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per side, the shape of one example's ids: ``()``, one row each."""
+        return {"user": (), "item": ()}
+
+    @property
+    def inputs(self) -> dict[str, tuple[int, ...]]:
+        """Per-example dense inputs a batch carries besides ids and targets: none."""
+        return {}
+
+    @property
     def embeddings(self) -> tuple[tuple[str, str, MDSpec], ...]:
         """``(name, side, spec)`` for every embedding table; side is ``"user"`` or ``"item"``."""
         specs = {"user": self.user, "item": self.item}
@@ -62,7 +88,8 @@ class ModelConfig:
 
     @property
     def row_tables(self) -> tuple[tuple[str, str], ...]:
-        """``(name, side)`` of every row-indexed table: embeddings and biases."""
+        """``(name, side)`` of every row-indexed table: embeddings and biases (one
+        value per row, gathered with the side's ids)."""
         out = tuple((name, side) for name, side, _ in self.embeddings)
         if self.biases:
             out += (("user_bias", "user"), ("item_bias", "item"))

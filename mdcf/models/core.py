@@ -15,17 +15,14 @@ parameters (an MD layer's projections) under ``"projections"``.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .. import embeddings
 from .config import ModelConfig
 from .kinds import REGISTRY
 
-__all__ = ["init", "check_params", "layer_params", "embed", "head", "apply", "num_params"]
+__all__ = ["init", "layer_params", "embed", "head", "apply", "num_params"]
 
 
 def init(key: jax.Array, config: ModelConfig, global_mean: float = 0.0) -> dict:
@@ -47,36 +44,6 @@ def init(key: jax.Array, config: ModelConfig, global_mean: float = 0.0) -> dict:
     dense = {"projections": projections, "bias": jnp.asarray(global_mean, jnp.float32)}
     dense.update(REGISTRY[config.kind].init_dense(keys, config))
     return {"tables": tables, "dense": dense}
-
-
-@lru_cache(maxsize=16)
-def _param_shapes(config: ModelConfig):
-    return jax.eval_shape(lambda: init(jax.random.key(0), config))
-
-
-def check_params(config: ModelConfig, params, where: str = "params") -> None:
-    """Raise ``ValueError`` unless ``params`` have the structure and shapes that
-    :func:`init` gives for ``config`` (tables may carry extra trailing rows, as row
-    sharding pads them). Catches parameters of another model or data set, which
-    would otherwise read past their tables and give NaN predictions."""
-    if isinstance(params, jax.core.Tracer):
-        return
-    expected = _param_shapes(config)
-    found_paths = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-    want_paths = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-    if found_paths.keys() != want_paths.keys():
-        missing = [jax.tree_util.keystr(k) for k in want_paths if k not in found_paths]
-        extra = [jax.tree_util.keystr(k) for k in found_paths if k not in want_paths]
-        raise ValueError(f"{where} do not match the {config.kind} model: missing {missing[:4]}, unexpected "
-                         f"{extra[:4]}; they are parameters of another model")
-    for path, want in want_paths.items():
-        shape = tuple(np.shape(found_paths[path]))
-        table = path and getattr(path[0], "key", None) == "tables"
-        fits = shape == want.shape or (table and len(shape) == len(want.shape) and shape[1:] == want.shape[1:]
-                                       and shape[0] >= want.shape[0])
-        if not fits:
-            raise ValueError(f"{where}{jax.tree_util.keystr(path)} has shape {shape}, the model needs {want.shape}: "
-                             "parameters of another model or of a model built from other data")
 
 
 def layer_params(params: dict, name: str, spec=None):

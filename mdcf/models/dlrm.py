@@ -13,8 +13,15 @@ The model of facebookresearch/dlrm with dot interactions:
 
 dlrm's Kaggle configuration is the default: bottom 13-512-256-64-16, top 367-512-256-1
 (367 = 16 + 27 * 26 / 2), ``d0 = 16``. MLP weights are Xavier-uniform with zero biases
-(the MD paper's initialisation); embeddings start as their scheme draws them
-(:func:`mdcf.embeddings.init`, coordinates of standard deviation ``init_stddev``).
+(the MD paper's initialisation); so are the embedding tables and projections by
+default (``embedding_init="xavier"``: each 2-D leaf uniform in ``+-sqrt(6 / (fan_in +
+fan_out))``, a stacked single-block table per field, as dlrm's separate tables), or as
+their scheme draws them (``"normal"``: :func:`mdcf.embeddings.init` with ``init_stddev``).
+
+A :class:`DLRMConfig` has the ``click`` task (:data:`mdcf.models.CLICK`): it trains with
+:func:`mdcf.train.make_train_step` and :func:`mdcf.train.fit` like the rating models, on
+batches ``{"rows": [B, F] stacked rows, "dense": [B, n_dense], "labels": [B]}``
+(:func:`encode`).
 
 Example:
   >>> import jax, numpy as np
@@ -29,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +46,12 @@ import numpy as np
 
 from .. import blocking, embeddings, sizing
 from ..embeddings import MDSpec
+from .task import CLICK, Task, binary_cross_entropy
 
-__all__ = ["DLRMConfig", "dlrm_config", "init", "apply", "predict_proba", "num_params", "interaction_pairs",
-           "field_rows_to_stacked", "bce_loss"]
+__all__ = ["DLRMConfig", "dlrm_config", "init", "apply", "forward", "predict_proba", "num_params",
+           "interaction_pairs", "field_rows_to_stacked", "encode", "bce_loss", "EMBEDDING_INITS"]
+
+EMBEDDING_INITS = ("xavier", "normal")
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,9 @@ class DLRMConfig:
       n_dense: dense features.
       bottom: hidden sizes of the bottom MLP (its last layer, of size ``d0``, is added).
       top: hidden sizes of the top MLP (its output layer, of size 1, is added).
-      init_stddev: standard deviation of initial embedding coordinates.
+      init_stddev: standard deviation of initial embedding coordinates
+        (``embedding_init="normal"``).
+      embedding_init: ``"xavier"`` (the MD paper's) or ``"normal"``; see the module docstring.
     """
 
     table: Any
@@ -63,9 +76,12 @@ class DLRMConfig:
     bottom: tuple[int, ...] = (512, 256, 64)
     top: tuple[int, ...] = (512, 256)
     init_stddev: float = 0.01
+    embedding_init: str = "xavier"
 
     def __post_init__(self):
         embeddings.scheme(self.table)  # a registered spec, or TypeError
+        if self.embedding_init not in EMBEDDING_INITS:
+            raise ValueError(f"embedding_init must be one of {EMBEDDING_INITS}, got {self.embedding_init!r}")
         rows = tuple(int(r) for r in self.field_rows)
         if not rows or min(rows) < 1:
             raise ValueError(f"field_rows must be positive row counts, got {self.field_rows!r}")
@@ -80,6 +96,64 @@ class DLRMConfig:
         if self.n_dense < 1:
             raise ValueError(f"n_dense must be positive, got {self.n_dense}")
         object.__setattr__(self, "field_rows", rows)
+
+    @property
+    def kind(self) -> str:
+        return "dlrm"
+
+    @property
+    def task(self) -> Task:
+        """Click prediction (:data:`mdcf.models.CLICK`)."""
+        return CLICK
+
+    @property
+    def sides(self) -> dict[str, Any]:
+        """The row space a batch indexes: ``{"rows": table spec}`` (every field's rows, stacked)."""
+        return {"rows": self.table}
+
+    @property
+    def id_keys(self) -> dict[str, str]:
+        """The batch key of the stacked rows (``[B, F]`` int)."""
+        return {"rows": "rows"}
+
+    @property
+    def id_shapes(self) -> dict[str, tuple[int, ...]]:
+        """One example's ids: one stacked row per field, ``(F,)``."""
+        return {"rows": (self.n_fields,)}
+
+    @property
+    def inputs(self) -> dict[str, tuple[int, ...]]:
+        """Per-example dense inputs: ``{"dense": (n_dense,)}``."""
+        return {"dense": (self.n_dense,)}
+
+    @property
+    def embeddings(self) -> tuple[tuple[str, str, Any], ...]:
+        """``(name, side, spec)`` of the one embedding: ``("fields", "rows", table)``."""
+        return (("fields", "rows", self.table),)
+
+    @property
+    def row_tables(self) -> tuple[tuple[str, str], ...]:
+        return (("fields", "rows"),)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "dlrm", "table": self.table.to_dict(), "field_rows": list(self.field_rows),
+                "n_dense": self.n_dense, "bottom": list(self.bottom), "top": list(self.top),
+                "init_stddev": self.init_stddev, "embedding_init": self.embedding_init}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> "DLRMConfig":
+        value = {k: v for k, v in value.items() if k != "kind"}
+        value["table"] = embeddings.spec_from_dict(value["table"])
+        for key in ("field_rows", "bottom", "top"):
+            value[key] = tuple(value[key])
+        return cls(**value)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> "DLRMConfig":
+        return cls.from_dict(json.loads(text))
 
     @property
     def dim(self) -> int:
@@ -105,7 +179,8 @@ class DLRMConfig:
 
 
 def dlrm_config(field_rows, *, dim: int = 16, alpha: float = 0.0, round_pow2: bool = False,
-                n_dense: int = 13, bottom=(512, 256, 64), top=(512, 256), init_stddev: float = 0.01) -> DLRMConfig:
+                n_dense: int = 13, bottom=(512, 256, 64), top=(512, 256), init_stddev: float = 0.01,
+                embedding_init: str = "xavier") -> DLRMConfig:
     """A DLRM with a uniform table (``alpha=0``) or MD embeddings with one block per field.
 
     With ``alpha > 0``, field ``f``'s block gets ``d_f = dim * (p_f / p_max) ** alpha``
@@ -120,7 +195,7 @@ def dlrm_config(field_rows, *, dim: int = 16, alpha: float = 0.0, round_pow2: bo
         stacked = blocking.stack(rows)
         dims = sizing.popularity_dims(stacked.row_probs, alpha, base_dim=dim, round_pow2=round_pow2)
         table = MDSpec(rows, dims, dim, loads=tuple(stacked.probs))
-    return DLRMConfig(table, rows, n_dense, tuple(bottom), tuple(top), init_stddev)
+    return DLRMConfig(table, rows, n_dense, tuple(bottom), tuple(top), init_stddev, embedding_init)
 
 
 def field_rows_to_stacked(categorical, config: DLRMConfig) -> np.ndarray:
@@ -147,11 +222,36 @@ def _mlp_init(key, sizes) -> list[dict]:
     return [{"w": _xavier(k, a, b), "b": jnp.zeros(b, jnp.float32)} for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
 
 
+def _xavier_embedding(key, config: DLRMConfig, tables, projections):
+    """Every 2-D leaf of the table and its projections redrawn Xavier-uniform. A leaf
+    holding all stacked rows (a single-block table) takes each field's own limit
+    ``sqrt(6 / (n_f + d))``, as if each field had its table."""
+    leaves, tree = jax.tree.flatten((tables, projections))
+    keys = iter(jax.random.split(key, max(len(leaves), 1)))
+    field_of_row = np.repeat(np.arange(config.n_fields), config.field_rows)
+    out = []
+    for leaf in leaves:
+        k = next(keys)
+        if leaf.ndim != 2:
+            out.append(leaf)
+            continue
+        n, d = leaf.shape
+        if n == config.table.n_rows and config.n_fields > 1:
+            limit = np.sqrt(6.0 / (np.asarray(config.field_rows, np.float64) + d))[field_of_row][:, None]
+        else:
+            limit = np.full((1, 1), np.sqrt(6.0 / (n + d)))
+        draw = jax.random.uniform(k, leaf.shape, jnp.float32, -1.0, 1.0)
+        out.append((draw * jnp.asarray(limit, jnp.float32)).astype(leaf.dtype))
+    return tree.unflatten(out)
+
+
 def init(key: jax.Array, config: DLRMConfig) -> dict:
     """Initial parameters ``{"tables": {"fields": ...}, "dense": {"projections": {"fields": ...},
     "bottom": [...], "top": [...]}}`` (the layout of the rating models: tables by rows, the rest dense)."""
     k_table, k_bottom, k_top = jax.random.split(key, 3)
     tables, projections = embeddings.split(config.table, embeddings.init(k_table, config.table, config.init_stddev))
+    if config.embedding_init == "xavier":
+        tables, projections = _xavier_embedding(jax.random.fold_in(k_table, 1), config, tables, projections)
     bottom_sizes, top_sizes = config.layer_sizes()
     return {"tables": {"fields": tables},
             "dense": {"projections": {"fields": projections}, "bottom": _mlp_init(k_bottom, bottom_sizes),
@@ -172,18 +272,36 @@ def _mlp(layers, x, last_relu: bool):
     return x
 
 
-def apply(params: dict, config: DLRMConfig, dense, rows, capacity: int | str | None = "auto") -> jax.Array:
-    """Click logits ``[B]`` from dense features ``[B, n_dense]`` and stacked rows ``[B, F]``
-    (:func:`field_rows_to_stacked`). Differentiable in ``params``; jit- and vmap-safe."""
-    dense = jnp.asarray(dense, jnp.float32)
-    x = _mlp(params["dense"]["bottom"], dense, last_relu=True)  # [B, d0]
-    layer = embeddings.join(config.table, params["tables"]["fields"], params["dense"]["projections"]["fields"])
-    vectors = embeddings.lookup(layer, config.table, jnp.asarray(rows), capacity)  # [B, F, d0]
-    z = jnp.concatenate([x[:, None, :], vectors], axis=1)
+def forward(dense: dict, config: DLRMConfig, vectors: dict, rows: dict, inputs: dict) -> jax.Array:
+    """Click logits ``[B]`` from the dense parameters, the field vectors ``{"fields": [B, F, d0]}``
+    and the inputs ``{"dense": [B, n_dense]}`` (``rows``: no per-row tables, unused).
+    The form the train step calls (:attr:`mdcf.models.Family.forward`)."""
+    x = _mlp(dense["bottom"], jnp.asarray(inputs["dense"], jnp.float32), last_relu=True)  # [B, d0]
+    z = jnp.concatenate([x[:, None, :], vectors["fields"]], axis=1)
     products = jnp.einsum("bid,bjd->bij", z, z)
     i, j = interaction_pairs(z.shape[1])
     top_in = jnp.concatenate([x, products[:, i, j]], axis=1)
-    return _mlp(params["dense"]["top"], top_in, last_relu=False)[:, 0]
+    return _mlp(dense["top"], top_in, last_relu=False)[:, 0]
+
+
+def apply(params: dict, config: DLRMConfig, dense, rows, capacity: int | str | None = "auto") -> jax.Array:
+    """Click logits ``[B]`` from dense features ``[B, n_dense]`` and stacked rows ``[B, F]``
+    (:func:`field_rows_to_stacked`). Differentiable in ``params``; jit- and vmap-safe."""
+    layer = embeddings.join(config.table, params["tables"]["fields"], params["dense"]["projections"]["fields"])
+    vectors = embeddings.lookup(layer, config.table, jnp.asarray(rows), capacity)  # [B, F, d0]
+    return forward(params["dense"], config, {"fields": vectors}, {}, {"dense": dense})
+
+
+def encode(config: DLRMConfig, data) -> dict[str, np.ndarray]:
+    """A batch dict ``{"rows": [n, F] int32 stacked rows, "dense": [n, n_dense] float32,
+    "labels": [n] float32}`` of :class:`~mdcf.data.CTRData` whose fields match the config's."""
+    if tuple(data.field_rows) != config.field_rows or data.n_dense != config.n_dense:
+        raise ValueError(f"{data.name}: {data.n_fields} fields of {tuple(data.field_rows)[:4]}... rows and "
+                         f"{data.n_dense} dense features, the model has {config.n_fields} fields of "
+                         f"{config.field_rows[:4]}... rows and {config.n_dense} dense features: build the "
+                         "model from this data's field_rows")
+    return {"rows": field_rows_to_stacked(data.categorical, config),
+            "dense": np.asarray(data.dense, np.float32), "labels": np.asarray(data.labels, np.float32)}
 
 
 def predict_proba(params: dict, config: DLRMConfig, dense, rows) -> jax.Array:
@@ -193,8 +311,7 @@ def predict_proba(params: dict, config: DLRMConfig, dense, rows) -> jax.Array:
 
 def bce_loss(logits, labels, weights=None) -> jax.Array:
     """Mean binary cross-entropy from logits (numerically stable), weighted if ``weights``."""
-    labels = jnp.asarray(labels, jnp.float32)
-    losses = jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    losses = binary_cross_entropy(logits, jnp.asarray(labels, jnp.float32))
     if weights is None:
         return jnp.mean(losses)
     weights = jnp.asarray(weights, jnp.float32)

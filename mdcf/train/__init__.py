@@ -3,14 +3,15 @@
 The public contract, one concern per module::
 
     optim      RowOptimizer, Optimizer, row_sgd, row_adagrad, row_rowwise_adagrad, row_adam,
+               row_amsgrad,
                optimizer, named_optimizer, as_optimizer, OPTIMIZERS
     state      TrainState, init_state
     step       make_train_step (dense or row-sparse, on one device or a mesh)
     sparse     duplicate combining and row updates of the row-sparse step
-    batches    pack, unpack, by_user, epoch_order: training data on the device
+    batches    pack, unpack, Packed, by_key, by_user, epoch_order: training data on the device
     epochs     make_epoch_fn, cached_epoch_fn, auto_sparse: the epoch runner fit uses
     loop       fit, FitResult, TrainingDivergedError
-    evaluate   make_eval_fn, evaluate, predict, predict_rows
+    evaluate   make_eval_fn, evaluate, predict, predict_rows, predict_batch, TASK_METRICS
 
 Example:
   >>> import jax
@@ -25,9 +26,9 @@ Example:
   1
 """
 
-from .batches import by_user, epoch_order, pack, unpack
+from .batches import Packed, by_key, by_user, epoch_order, pack, unpack
 from .epochs import auto_sparse, cached_epoch_fn, copy_tree, make_epoch_fn
-from .evaluate import evaluate, make_eval_fn, predict, predict_rows
+from .evaluate import TASK_METRICS, evaluate, make_eval_fn, predict, predict_batch, predict_rows
 from .loop import FitResult, TrainingDivergedError, fit
 from .optim import (
     OPTIMIZERS,
@@ -38,6 +39,7 @@ from .optim import (
     optimizer,
     row_adagrad,
     row_adam,
+    row_amsgrad,
     row_rowwise_adagrad,
     row_sgd,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "row_sgd",
     "row_adagrad",
     "row_adam",
+    "row_amsgrad",
     "row_rowwise_adagrad",
     "OPTIMIZERS",
     "optimizer",
@@ -59,6 +62,8 @@ __all__ = [
     "init_state",
     "model_config",
     "make_train_step",
+    "Packed",
+    "by_key",
     "by_user",
     "pack",
     "unpack",
@@ -71,6 +76,8 @@ __all__ = [
     "evaluate",
     "predict",
     "predict_rows",
+    "predict_batch",
+    "TASK_METRICS",
     "fit",
     "FitResult",
     "TrainingDivergedError",

@@ -1,59 +1,111 @@
 """Training data on the device, and the seeded order of each epoch's batches.
 
-:func:`pack` lays the ratings out as one int32 ``[n, 3]`` array (user row, item
-row, float32 bits of the rating; :func:`unpack` reads a batch back), ordered by
-user (:func:`by_user`); :func:`epoch_order` gives each epoch's shuffled batches,
-sorted within a batch, so that a step reads and writes the user table in
-increasing row order.
+:func:`pack` lays a batch dict out as one int32 ``[n, width]`` array (integer
+columns as they are, float32 columns as their bits; :func:`unpack` reads a batch
+back as the dict): a step then reads its batch with one gather of whole rows, one
+cache miss per example instead of one per array. :func:`by_key` orders the
+examples by one id column (ratings by user), and :func:`epoch_order` gives each
+epoch's shuffled batches, sorted within a batch, so that a step reads and writes
+that table in increasing row order.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["by_user", "pack", "unpack", "epoch_order"]
+__all__ = ["Packed", "by_key", "by_user", "pack", "unpack", "epoch_order"]
+
+
+@jax.tree_util.register_pytree_node_class
+class Packed:
+    """Examples as one int32 ``[n, width]`` device array, and its static layout: per
+    column group ``(key, dtype name, trailing shape)`` in order.
+
+    A pytree whose only leaf is the array (the layout is static), so it passes
+    through ``jit`` and ``device_put`` like an array."""
+
+    def __init__(self, array, layout: tuple[tuple[str, str, tuple[int, ...]], ...]):
+        self.array = array
+        self.layout = layout
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    def tree_flatten(self):
+        return (self.array,), self.layout
+
+    @classmethod
+    def tree_unflatten(cls, layout, children):
+        return cls(children[0], layout)
+
+
+def by_key(encoded: dict, key: str) -> dict[str, np.ndarray]:
+    """The arrays ordered by ``encoded[key]`` (stable)."""
+    order = np.argsort(encoded[key], kind="stable")
+    return {name: np.ascontiguousarray(value[order]) for name, value in encoded.items()}
 
 
 def by_user(encoded: dict) -> dict[str, np.ndarray]:
-    """The training arrays ordered by user row (stable): with :func:`epoch_order`'s
+    """Ratings ordered by user row (:func:`by_key` of ``"users"``): with :func:`epoch_order`'s
     sorted batches, a step then reads and writes the user table in increasing row order."""
-    order = np.argsort(encoded["users"], kind="stable")
-    return {key: np.ascontiguousarray(value[order]) for key, value in encoded.items()}
+    return by_key(encoded, "users")
 
 
-def pack(encoded: dict) -> jax.Array:
-    """The training arrays (:func:`by_user`) as one int32 ``[n, 3]`` device array: per
-    rating its user row, item row and the float32 bits of the rating
-    (:func:`unpack` reads a batch back).
+def pack(encoded: dict) -> Packed:
+    """A batch dict of equal-length NumPy arrays (int32-range integers or float32;
+    e.g. ``by_user(model.encode(ratings))``) as one :class:`Packed` device array.
 
-    A step then reads its batch with one gather of 12-byte rows instead of three
-    gathers of 4 bytes: one cache miss per rating instead of three.
+    Ratings take 12 bytes per example (user row, item row, rating bits); a DLRM
+    example 4 * (1 + n_dense + F) bytes.
     """
-    users, items = np.asarray(encoded["users"]), np.asarray(encoded["items"])
-    for name, rows in (("users", users), ("items", items)):
-        if rows.size and (rows.min() < 0 or rows.max() > np.iinfo(np.int32).max):
-            raise ValueError(f"training {name} rows must lie in [0, 2**31), found {rows.min()}..{rows.max()}")
-    ratings = np.asarray(encoded["ratings"], np.float32)
-    return jnp.asarray(np.stack([users.astype(np.int32), items.astype(np.int32), ratings.view(np.int32)], axis=1))
+    columns, layout = [], []
+    n = None
+    for key, value in encoded.items():
+        value = np.asarray(value)
+        if n is None:
+            n = len(value)
+        if value.ndim < 1 or len(value) != n:
+            raise ValueError(f"pack: every array must have one length, {key!r} has shape {value.shape} "
+                             f"(the first has {n} examples)")
+        if np.issubdtype(value.dtype, np.integer) or value.dtype == bool:
+            if value.size and (value.min() < 0 or value.max() > np.iinfo(np.int32).max):
+                raise ValueError(f"pack: {key} must lie in [0, 2**31), found {value.min()}..{value.max()}")
+            column, dtype = value.astype(np.int32), "int32"
+        elif np.issubdtype(value.dtype, np.floating):
+            column, dtype = value.astype(np.float32).view(np.int32), "float32"
+        else:
+            raise TypeError(f"pack: {key} must hold numbers, got dtype {value.dtype}")
+        columns.append(column.reshape(n, -1))
+        layout.append((key, dtype, tuple(value.shape[1:])))
+    if not columns:
+        raise ValueError("pack: nothing to pack")
+    return Packed(jnp.asarray(np.concatenate(columns, axis=1)), tuple(layout))
 
 
-def unpack(data: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(users, items, ratings)`` of the ratings at positions ``index`` (in range) of a
-    :func:`pack` array."""
-    rows = data.at[index].get(mode="promise_in_bounds", wrap_negative_indices=False)
-    return rows[:, 0], rows[:, 1], jax.lax.bitcast_convert_type(rows[:, 2], jnp.float32)
+def unpack(data: Packed, index: jax.Array) -> dict[str, jax.Array]:
+    """The batch dict of the examples at positions ``index`` (in range) of a :func:`pack` array."""
+    rows = data.array.at[index].get(mode="promise_in_bounds", wrap_negative_indices=False)
+    out, start = {}, 0
+    for key, dtype, shape in data.layout:
+        width = math.prod(shape)
+        column = rows[:, start:start + width].reshape(rows.shape[:1] + shape)
+        out[key] = column if dtype == "int32" else jax.lax.bitcast_convert_type(column, jnp.float32)
+        start += width
+    return out
 
 
 def epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     """The seeded shuffle of one epoch, padded to whole batches: int32 ``[n_batches, batch_size]``.
 
-    Which ratings share a batch is the seeded shuffle's; within a batch the
+    Which examples share a batch is the seeded shuffle's; within a batch the
     positions are sorted (the padding of the last batch stays at its end). The
     order inside a batch does not change a step's result (up to float rounding
-    of sums), but on data ordered by user (:func:`by_user`) it makes the
-    table gathers and scatters of a step run over increasing rows. Shuffled on
+    of sums), but on data ordered by an id (:func:`by_key`) it makes that
+    table's gathers and scatters in a step run over increasing rows. Shuffled on
     the host, overlapping the previous epoch's computation.
     """
     n_batches = -(-n // batch_size)
@@ -64,5 +116,3 @@ def epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     if n % batch_size:
         order[-1, : n % batch_size].sort()
     return order
-
-

@@ -4,7 +4,9 @@ The public runner that :func:`~mdcf.train.fit` and the benchmarks share::
 
     data = pack(by_user(model.encode(ratings)))          # the training set on the device
     run = make_epoch_fn(lambda l2: make_train_step(model, opt, l2=l2), n, batch_size)
-    state, losses, mses, sizes = run(state, data, epoch_order(seed, epoch, n, batch_size), l2)
+    state, losses, means, sizes = run(state, data, epoch_order(seed, epoch, n, batch_size), l2)
+
+Any model family trains through it: a DLRM's data is ``pack(models.encode(config, clicks))``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from ..models import ModelConfig
 from .batches import unpack
 from .optim import Optimizer
 from .state import model_config
@@ -29,15 +30,15 @@ def copy_tree(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-def make_epoch_fn(step_for: Callable, n: int, batch_size: int):
-    """A jitted epoch ``run(state, data, order, l2) -> (state, losses, mses, sizes)``.
+def make_epoch_fn(step_for: Callable, n: int, batch_size: int, metric: str = "mse"):
+    """A jitted epoch ``run(state, data, order, l2) -> (state, losses, means, sizes)``.
 
     A scan of the train steps ``step_for(l2)`` over the padded batches of ``order``
     (:func:`~mdcf.train.epoch_order`, ``[n_batches, batch_size]``), read from
     ``data`` (:func:`~mdcf.train.pack`); padding entries have weight 0. ``l2`` is an
     argument of the compiled epoch, not a constant in it, so that runs that differ
-    only in ``l2`` share it. Returns per step the loss, the MSE and the number of
-    real ratings.
+    only in ``l2`` share it. Returns per step the loss, the step metric ``metric``
+    (the task's mean loss: ``"mse"``, ``"logloss"``) and the number of real examples.
 
     The state passed in is donated: the epoch updates its buffers in place and the
     caller's arrays are deleted (copy them first, :func:`copy_tree`, to keep them).
@@ -51,19 +52,19 @@ def make_epoch_fn(step_for: Callable, n: int, batch_size: int):
 
         def body(state, xs):
             index, w = xs
-            users, items, ratings = unpack(data, index)
-            batch = {"users": users, "items": items, "ratings": ratings, "weights": w}
+            batch = unpack(data, index)
+            batch["weights"] = w
             state, metrics_ = step(state, batch)
-            return state, (metrics_["loss"], metrics_["mse"], jnp.sum(w))
+            return state, (metrics_["loss"], metrics_[metric], jnp.sum(w))
 
-        state, (losses, mses, sizes) = jax.lax.scan(body, state, (order, weight))
-        return state, losses, mses, sizes
+        state, (losses, means, sizes) = jax.lax.scan(body, state, (order, weight))
+        return state, losses, means, sizes
 
     return run
 
 
 @lru_cache(maxsize=8)
-def cached_epoch_fn(config: ModelConfig, opt: Optimizer, n: int, batch_size: int, with_l2: bool, mesh=None,
+def cached_epoch_fn(config, opt: Optimizer, n: int, batch_size: int, with_l2: bool, mesh=None,
                     data_axis: str = "data", model_axis: str | None = "model") -> Callable:
     """:func:`make_epoch_fn` of ``config``'s train step, the same compiled epoch for equal
     arguments (``with_l2=False``: no regularisation term at all). The last few are
@@ -77,12 +78,12 @@ def cached_epoch_fn(config: ModelConfig, opt: Optimizer, n: int, batch_size: int
         return make_train_step(config, opt, l2=l2 if with_l2 else 0.0, mesh=mesh, data_axis=data_axis,
                                model_axis=model_axis)
 
-    return make_epoch_fn(step_for, n, batch_size)
+    return make_epoch_fn(step_for, n, batch_size, config.task.metric)
 
 
 def auto_sparse(model, batch_size: int) -> bool:
-    """``fit``'s ``sparse="auto"`` choice: row-sparse updates when the user and item
-    tables together hold at least 8 batches of rows (below that a dense step, which
-    touches every row, is cheaper; docs/performance.md)."""
+    """``fit``'s ``sparse="auto"`` choice: row-sparse updates when the tables (users and
+    items; DLRM's stacked fields) together hold at least 8 batches of rows (below that
+    a dense step, which touches every row, is cheaper; docs/performance.md)."""
     config = model_config(model)
-    return config.user.n_rows + config.item.n_rows >= 8 * batch_size
+    return sum(spec.n_rows for spec in config.sides.values()) >= 8 * batch_size

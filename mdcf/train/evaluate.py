@@ -1,4 +1,8 @@
-"""Predictions and test metrics of trained models."""
+"""Predictions and test metrics of trained models of any family.
+
+:func:`evaluate` gives the task's metrics: MSE, RMSE, MAE and the popular/rare
+split for ratings; logloss, accuracy and exact AUC for clicks.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import metrics, models
-from ..models import Model, ModelConfig
+from ..models import Model
 from .state import model_config
 
-__all__ = ["make_eval_fn", "predict_rows", "evaluate", "predict"]
+__all__ = ["make_eval_fn", "predict_rows", "predict_batch", "evaluate", "predict"]
 
 
 def make_eval_fn(model, clip: bool = True, scale=None) -> Callable:
@@ -26,52 +30,81 @@ def make_eval_fn(model, clip: bool = True, scale=None) -> Callable:
     return partial(_predict_impl, config=config, scale=scale)
 
 
-def _predict_impl(params, users, items, *, config: ModelConfig, scale):
+def _predict_impl(params, users, items, *, config, scale):
     pred = models.apply(params, config, users, items)
     return pred if scale is None else jnp.clip(pred, scale[0], scale[1])
 
 
-# One compiled function per (structure, scale), reused across calls and epochs.
-_predict_jit = jax.jit(_predict_impl, static_argnames=("config", "scale"))
-
-
 def predict_rows(model, params, users, items, batch_size=1 << 14, clip=True) -> np.ndarray:
-    """float32 ``[n]`` predictions for block-ordered user and item rows, in fixed-size padded
-    chunks: one compiled shape for every call on a model."""
+    """float32 ``[n]`` predictions of a rating model for block-ordered user and item rows
+    (:func:`predict_batch`)."""
+    batch = {"users": np.asarray(users, np.int32), "items": np.asarray(items, np.int32)}
+    return predict_batch(model, params, batch, batch_size, clip)
+
+
+def _outputs_impl(params, batch, *, config, scale):
+    pred = config.task.link(models.outputs(params, config, batch))
+    return pred if scale is None else jnp.clip(pred, scale[0], scale[1])
+
+
+_outputs_jit = jax.jit(_outputs_impl, static_argnames=("config", "scale"))
+
+
+def predict_batch(model, params, encoded: dict, batch_size: int = 1 << 14, clip: bool = True) -> np.ndarray:
+    """float32 ``[n]`` predictions (ratings, clipped to a rating model's scale unless
+    ``clip=False``; click probabilities) for a batch dict of any length
+    (:func:`mdcf.models.encode`), in fixed-size padded chunks: one compiled shape
+    for every call on a model."""
     config = model_config(model)
     scale = tuple(model.scale) if clip and isinstance(model, Model) and model.scale is not None else None
-    users = np.asarray(users, np.int32)
-    items = np.asarray(items, np.int32)
-    n = len(users)
-    if n == 0:
-        return np.zeros(0, np.float32)
-    batch = batch_size
+    keys = [*config.id_keys.values(), *config.inputs]
+    arrays = {key: np.asarray(encoded[key]) for key in keys}
+    n = len(arrays[keys[0]])
     out = np.empty(n, np.float32)
-    for start in range(0, n, batch):
-        u, i = users[start:start + batch], items[start:start + batch]
-        size = len(u)
-        if size < batch:  # pad to keep one compiled shape
-            u = np.concatenate([u, np.zeros(batch - size, np.int32)])
-            i = np.concatenate([i, np.zeros(batch - size, np.int32)])
-        out[start:start + size] = np.asarray(_predict_jit(params, u, i, config=config, scale=scale))[:size]
+    for start in range(0, n, batch_size):
+        chunk = {key: value[start:start + batch_size] for key, value in arrays.items()}
+        size = len(chunk[keys[0]])
+        if size < batch_size:  # pad (row 0, zero inputs) to keep one compiled shape
+            chunk = {key: np.concatenate([value, np.zeros((batch_size - size, *value.shape[1:]), value.dtype)])
+                     for key, value in chunk.items()}
+        out[start:start + size] = np.asarray(_outputs_jit(params, chunk, config=config, scale=scale))[:size]
     return out
 
 
-def evaluate(model: Model, params: dict, ratings, *, clip: bool = True, batch_size: int = 1 << 14) -> dict[str, float]:
-    """Test metrics of a model on ratings in its code space.
+def _rating_metrics(model, encoded: dict, pred: np.ndarray) -> dict[str, float]:
+    return metrics.rating_metrics(pred, encoded["ratings"], encoded["items"], model_config(model).item.n_rows)
+
+
+def _click_metrics(model, encoded: dict, pred: np.ndarray) -> dict[str, float]:
+    return metrics.ctr_metrics(pred, encoded["labels"])
+
+
+# Per task, the test metrics of predictions: (model, encoded data, predictions) -> dict.
+TASK_METRICS = {"rating": _rating_metrics, "click": _click_metrics}
+
+
+def evaluate(model, params: dict, data, *, clip: bool = True, batch_size: int = 1 << 14) -> dict[str, float]:
+    """Test metrics of a model on data in its code space: the task's metrics.
+
+    Args:
+      model: a rating :class:`~mdcf.models.Model` with :class:`~mdcf.data.Ratings`, or
+        a DLRM config with :class:`~mdcf.data.CTRData`.
 
     Returns:
-      ``mse``, ``rmse``, ``mae``, and ``mse_popular`` / ``mse_rare``: the MSE on
+      For ratings: ``mse``, ``rmse``, ``mae``, and ``mse_popular`` / ``mse_rare``: the MSE on
       ratings of the most popular third and the rarest third of items (by
       training frequency; the paper's Fig. 3 split), with ``n``, ``n_popular``,
       ``n_rare``. Predictions are clipped to the rating scale unless ``clip=False``.
+      For clicks: ``logloss``, ``accuracy``, ``auc`` (exact), ``mean_prediction``,
+      ``positive_rate`` and ``n`` (:func:`mdcf.metrics.ctr_metrics`).
     """
-    models.check_params(model.config, params, "evaluate: params")
-    if len(ratings) == 0:
-        raise ValueError("evaluate: no ratings to evaluate on (every metric of an empty set is undefined)")
-    batch = model.encode(ratings)
-    pred = predict_rows(model, params, batch["users"], batch["items"], batch_size, clip)
-    return metrics.rating_metrics(pred, batch["ratings"], batch["items"], model.config.item.n_rows)
+    config = model_config(model)
+    models.check_params(config, params, "evaluate: params")
+    if len(data) == 0:
+        raise ValueError("evaluate: no examples to evaluate on (every metric of an empty set is undefined)")
+    encoded = models.encode(model, data)
+    pred = predict_batch(model, params, encoded, batch_size, clip)
+    return TASK_METRICS[config.task.name](model, encoded, pred)
 
 
 def predict(model: Model, params: dict, user_ids, item_ids, *, clip: bool = True, batch_size: int = 1 << 14) -> np.ndarray:

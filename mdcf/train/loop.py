@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +24,9 @@ from .. import checkpoint as checkpoints
 from .. import data as data_
 from .. import models, sharding
 from .._checks import is_int, is_real
-from ..models import Model
-from .batches import by_user, epoch_order, pack
+from .batches import by_key, epoch_order, pack
 from .epochs import auto_sparse, cached_epoch_fn, copy_tree
-from .evaluate import predict_rows
+from .evaluate import TASK_METRICS, predict_batch
 from .optim import Optimizer, as_optimizer, named_optimizer
 from .state import TrainState, init_state
 
@@ -43,19 +42,22 @@ class FitResult:
     """What :func:`fit` returns.
 
     Attributes:
-      model: the model (structure and id maps).
+      model: the model (structure and id maps), or the config for families without
+        id maps (DLRM).
       params: the parameters: the refit's when there was one (see :func:`fit`'s
         ``refit``), else the best epoch's when ``restore_best``, else the last.
       state: the final train state (for resuming), the refit's when there was one.
-      history: one dict per epoch: ``epoch``, ``train_loss``, ``train_mse``,
-        ``val_mse``, ``val_rmse`` (when validating), ``seconds``.
+      history: one dict per epoch: ``epoch``, ``train_loss``, ``train_<metric>``
+        (``train_mse``; ``train_logloss``), the validation metrics when validating
+        (``val_mse``, ``val_rmse``; ``val_logloss``, ``val_accuracy``, ``val_auc``),
+        ``seconds``.
       best_epoch: the epoch whose parameters were kept (1-based), or the last;
         with a refit, the number of epochs it ran.
       stopped_early: whether patience ran out.
       refit_history: the refit's epochs (no validation metrics); empty without one.
     """
 
-    model: Model
+    model: Any
     params: dict
     state: TrainState
     history: list[dict] = field(default_factory=list)
@@ -82,16 +84,23 @@ def _check_fit_args(**values) -> None:
             raise ValueError(f"fit: {name} must be {wanted}, got {value!r}")
 
 
+# The validation a task gets when the caller gives none (see fit's ``validation``).
+AUTO = "auto"
+
+# Per task, the validation metrics an epoch logs (as ``val_<name>``); the first is the task's metric.
+VALIDATION_METRICS = {"rating": ("mse", "rmse"), "click": ("logloss", "accuracy", "auc")}
+
+
 def fit(
-    model: Model,
+    model,
     train,
-    validation=0.1,
+    validation=AUTO,
     *,
-    epochs: int = 100,
-    batch_size: int = 2048,
-    optimizer_name: str = "adam",
-    learning_rate: float = 3e-3,
-    l2: float = 0.1,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    optimizer_name: str | None = None,
+    learning_rate: float | None = None,
+    l2: float | None = None,
     weight_decay: float = 0.0,
     sparse: bool | str = "auto",
     opt: Optimizer | optax.GradientTransformation | None = None,
@@ -108,24 +117,42 @@ def fit(
     data_axis: str = "data",
     model_axis: str | None = "model",
 ) -> FitResult:
-    """Train a model with epochs as jitted scans, validation and early stopping.
+    """Train a model of any family with epochs as jitted scans, validation and early stopping.
+
+    The task (the model's, :class:`mdcf.models.Task`) gives the loss, the metric
+    and the defaults; the step, the epochs, checkpoints and meshes are the same
+    for each. Settings left as None take the task's default:
+
+    =================  ==========================  ==================================
+    setting            ratings (MF, NCF)           clicks (DLRM; the MD paper's)
+    =================  ==========================  ==================================
+    epochs             100 (early stopping)        1
+    batch_size         2048                        4096
+    optimizer_name     ``"adam"``                  ``"amsgrad"``
+    learning_rate      3e-3                        1e-3
+    l2                 0.1                         0
+    validation         0.1 of train, then refit    none (pass a validation set)
+    =================  ==========================  ==================================
 
     Args:
-      model: from :func:`mdcf.models.build_model`.
-      train: training :class:`~mdcf.data.Ratings` (in the model's code space).
-      validation: Ratings to validate on each epoch, a fraction of ``train`` to
-        carve off for it (seeded random split; default 0.1), or None for no
-        validation (no early stopping). Never pass test data here.
+      model: a rating :class:`~mdcf.models.Model` (:func:`mdcf.models.build_model`) or a
+        DLRM config (:func:`mdcf.models.dlrm.dlrm_config`).
+      train: training data in the model's code space: :class:`~mdcf.data.Ratings`, or
+        :class:`~mdcf.data.CTRData` for DLRM.
+      validation: data to validate on each epoch, a fraction of ``train`` to carve
+        off for it (seeded random split), None for no validation (no early
+        stopping), or ``"auto"``: the task's default. Never pass test data here.
       epochs: maximum number of epochs.
-      batch_size: ratings per step.
+      batch_size: examples per step.
       optimizer_name, learning_rate, weight_decay: build the optimiser with
         :func:`~mdcf.train.optimizer` (ignored when ``opt`` is given).
-      l2: regularisation of the embedding vectors and biases of each rating.
-      sparse: row-sparse table updates; ``"auto"`` uses them when the user and
-        item tables together have at least 8 batches of rows (below that a dense
-        step, which touches every row, is cheaper).
+      l2: regularisation of the embedding vectors and biases of each example.
+      sparse: row-sparse table updates; ``"auto"`` uses them when the tables
+        together have at least 8 batches of rows (below that a dense step, which
+        touches every row, is cheaper).
       opt: an explicit optimiser (overrides the three above).
-      patience: stop after this many epochs without a better validation MSE.
+      patience: stop after this many epochs without a better validation metric
+        (MSE; logloss).
       restore_best: return the parameters of the best validation epoch.
       seed: seeds the parameters, the validation carve-out and every epoch's shuffle.
       refit: when ``validation`` is a fraction carved from ``train``, use the
@@ -136,7 +163,7 @@ def fit(
         model (docs/training.md). Ignored for an explicit
         validation set or None. With ``checkpoint``, the refit checkpoints to
         ``checkpoint + ".refit"``; ``callbacks`` see the first phase only.
-      progress: show a progress bar (tqdm) with loss and validation RMSE; a
+      progress: show a progress bar (tqdm) with loss and validation metric; a
         string labels the bar.
       callbacks: ``callback(epoch, logs, state)`` after every epoch; returning True stops training.
         The next epoch updates ``state``'s arrays in place (they are donated to it): a
@@ -158,34 +185,51 @@ def fit(
 
     Raises:
       TrainingDivergedError: the training loss became NaN or infinite, or exploded: a
-        step's loss above 100 times the larger of the mean squared training rating and
-        the first step's loss (names the epoch and step).
+        step's loss above 100 times the larger of the task's reference loss (the mean
+        squared training rating; log 2) and the first step's loss (names the epoch and step).
     """
     callbacks = tuple(callbacks)
+    defaults = models.family(model) and models.config_of(model).task.defaults  # TypeError for another object
+    epochs, batch_size, l2, optimizer_name, learning_rate = (
+        defaults[key] if value is None else value for key, value in (
+            ("epochs", epochs), ("batch_size", batch_size), ("l2", l2), ("optimizer_name", optimizer_name),
+            ("learning_rate", learning_rate)))
+    if isinstance(validation, str) and validation == AUTO:
+        validation = defaults["validation"]
     train_part, validation, carved, opt, label = _prepare(
-        model, train, validation, opt, dict(epochs=epochs, batch_size=batch_size, start_epoch=start_epoch, seed=seed,
-                                            patience=patience, l2=l2, learning_rate=learning_rate,
-                                            weight_decay=weight_decay, optimizer_name=optimizer_name,
-                                            sparse=sparse, callbacks=callbacks, initial_state=initial_state))
+        model, train, validation, opt, dict(
+            epochs=epochs, batch_size=batch_size, start_epoch=start_epoch, seed=seed, patience=patience, l2=l2,
+            learning_rate=learning_rate, weight_decay=weight_decay, optimizer_name=optimizer_name, sparse=sparse,
+            callbacks=callbacks, initial_state=initial_state))
+    kind = models.config_of(model).kind
     run = _Run(model, opt, float(l2), seed, mesh, data_axis, model_axis, label)
     first = _run_phase(run, train_part, validation, epochs, batch_size, patience=patience, restore_best=restore_best,
-                       progress=(progress if isinstance(progress, str) else f"fit {model.config.kind}")
-                       if progress else False,
+                       progress=(progress if isinstance(progress, str) else f"fit {kind}") if progress else False,
                        callbacks=callbacks, initial_state=initial_state, start_epoch=start_epoch,
                        checkpoint=checkpoint)
     if not (refit and carved and first.best_epoch > 0):
         return FitResult(model, first.params, first.state, first.history, first.best_epoch, first.stopped)
     again = _run_phase(run, train, None, first.best_epoch, batch_size, patience=None, restore_best=False,
-                       progress=f"refit {model.config.kind}" if progress else False,
+                       progress=f"refit {kind}" if progress else False,
                        checkpoint=_refit_checkpoint(checkpoint, first.best_epoch, run))
     return FitResult(model, again.params, again.state, first.history, first.best_epoch, first.stopped,
                      again.history)
 
 
-def _prepare(model: Model, train, validation, opt, settings: dict):
+def _carve(train, fraction: float, seed: int):
+    """``(train part, validation part)``: a seeded random ``fraction`` of ``train`` held out."""
+    if isinstance(train, data_.Ratings):
+        return data_.split(train, "random", test_fraction=fraction, seed=seed)
+    order = np.random.default_rng(seed).permutation(len(train))
+    held = int(round(fraction * len(train)))
+    return train.take(np.sort(order[held:])), train.take(np.sort(order[:held]))
+
+
+def _prepare(model, train, validation, opt, settings: dict):
     """``fit``'s arguments checked (a ``ValueError`` naming the first one out of range),
     the validation part carved from ``train`` when asked, and the optimiser built:
     ``(train part, validation, carved, opt, a label of the optimiser or None)``."""
+    config = models.config_of(model)
     epochs, seed, sparse, callbacks = settings["epochs"], settings["seed"], settings["sparse"], settings["callbacks"]
     initial_state, batch_size = settings["initial_state"], settings["batch_size"]
     learning_rate, weight_decay = settings["learning_rate"], settings["weight_decay"]
@@ -198,19 +242,22 @@ def _prepare(model: Model, train, validation, opt, settings: dict):
         raise TypeError(f"fit: callbacks must be callables callback(epoch, logs, state), got "
                         f"{[c for c in callbacks if not callable(c)][:3]!r}")
     if initial_state is not None:
-        models.check_params(model.config, initial_state.params, "fit: initial_state.params")
+        models.check_params(config, initial_state.params, "fit: initial_state.params")
     if sparse not in (True, False, "auto"):
         raise ValueError(f"fit: sparse must be True, False or 'auto', got {sparse!r}")
+    data_type = models.family(config).data
+    if not isinstance(train, data_type):
+        raise TypeError(f"fit: a {config.kind} model trains on {data_type.__name__}, got {type(train).__name__}")
     if len(train) == 0:
         raise ValueError("fit: the training set is empty")
-    carved = validation is not None and not hasattr(validation, "ratings")
+    carved = validation is not None and not isinstance(validation, data_type)
     if carved:
         if not (is_real(validation) and 0 < float(validation) < 1):
-            raise ValueError(f"fit: validation must be Ratings, None, or the fraction of train to validate on "
-                             f"(strictly between 0 and 1), got {validation!r}")
-        train, validation = data_.split(train, "random", test_fraction=float(validation), seed=seed + 7919)
+            raise ValueError(f"fit: validation must be {data_type.__name__}, None, 'auto', or the fraction of "
+                             f"train to validate on (strictly between 0 and 1), got {validation!r}")
+        train, validation = _carve(train, float(validation), seed + 7919)
     elif validation is not None and len(validation) == 0:
-        raise ValueError("fit: the validation set is empty; pass ratings to validate on, a fraction of train, "
+        raise ValueError("fit: the validation set is empty; pass data to validate on, a fraction of train, "
                          "or None for no validation (and no early stopping)")
     if opt is None:
         if sparse == "auto":
@@ -227,7 +274,7 @@ def _prepare(model: Model, train, validation, opt, settings: dict):
 class _Run(NamedTuple):
     """What every phase of one ``fit`` shares."""
 
-    model: Model
+    model: Any
     opt: Optimizer
     l2: float
     seed: int
@@ -286,7 +333,7 @@ def _resume(run: _Run, path: str | None, epochs: int, initial_state, start_epoch
     ``path`` when one exists (written by the same model and settings), else a fresh state
     from the run's seed."""
     history: list[dict] = []
-    best = {"mse": math.inf, "epoch": 0, "params": None, "bad": 0}
+    best = {"value": math.inf, "epoch": 0, "params": None, "bad": 0}
     state = initial_state
     if path is not None and state is None and os.path.exists(path):
         try:
@@ -301,7 +348,10 @@ def _resume(run: _Run, path: str | None, epochs: int, initial_state, start_epoch
             raise ValueError(f"fit: the checkpoint {path} holds {start_epoch} epochs, more than "
                              f"epochs={epochs}; ask for at least {start_epoch} epochs or use another path")
         history = loaded.meta.get("history", [])
-        best.update(loaded.meta.get("best", {}))
+        saved_best = dict(loaded.meta.get("best", {}))
+        if "mse" in saved_best and "value" not in saved_best:  # checkpoints of rating runs before tasks
+            saved_best["value"] = saved_best.pop("mse")
+        best.update(saved_best)
         best["params"] = loaded.best_params
     if state is None:
         state = init_state(jax.random.key(run.seed), run.model, run.opt)
@@ -311,14 +361,15 @@ def _resume(run: _Run, path: str | None, epochs: int, initial_state, start_epoch
 def _run_phase(run: _Run, train, validation, epochs: int, batch_size: int, *, patience, restore_best: bool,
                progress, callbacks=(), initial_state=None, start_epoch: int = 0, checkpoint=None) -> _Phase:
     """Train on ``train`` for up to ``epochs`` epochs, validating on ``validation`` (or None)."""
-    model, config = run.model, run.model.config
-    encoded = by_user(model.encode(train))
+    model = run.model
+    config = models.config_of(model)
+    encoded = _in_row_order(config, models.encode(model, train))
     n = len(train)
     if n == 0:
         raise ValueError("fit: the training set is empty")
     batch_size = int(min(batch_size, n))
     data = pack(encoded)
-    val_batch = None if validation is None else model.encode(validation)
+    val_batch = None if validation is None else models.encode(model, validation)
     settings = _settings(run, batch_size)
     limit = None  # the divergence limit, set by the phase's first epoch
     state, start_epoch, history, best = _resume(run, checkpoint, epochs, initial_state, start_epoch, settings)
@@ -361,18 +412,19 @@ def _run_phase(run: _Run, train, validation, epochs: int, batch_size: int, *, pa
             order = next_order if next_order is not None else epoch_order(run.seed, epoch, n, batch_size)
             if order_sharding is not None:
                 order = jax.device_put(order, order_sharding)
-            new_state, losses, mses, sizes = run_epoch(state, data, order, l2)  # dispatched asynchronously
+            new_state, losses, means, sizes = run_epoch(state, data, order, l2)  # dispatched asynchronously
             next_order = epoch_order(run.seed, epoch + 1, n, batch_size) if epoch < epochs else None
             if limit is None:
-                limit = _divergence_limit(encoded["ratings"], float(np.asarray(losses)[0]))
-            state, logs = new_state, _epoch_logs(epoch, losses, mses, sizes, n, limit)
+                limit = _divergence_limit(config.task, encoded[config.task.target], float(np.asarray(losses)[0]))
+            state, logs = new_state, _epoch_logs(config.task, epoch, losses, means, sizes, n, limit)
             if val_batch is not None:
                 _validate(model, state, val_batch, logs, best, restore_best)
             logs["seconds"] = time.perf_counter() - started
             history.append(logs)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k in ("train_loss", "val_rmse")})
+                bar.set_postfix({k: round(v, 4) for k, v in logs.items()
+                                 if k in ("train_loss", "val_rmse", "val_logloss", "val_auc")})
             if checkpoint is not None:
                 checkpoints.save(checkpoint, model, state, best_params=best["params"] if restore_best else None,
                                  meta={"epoch": epoch, "history": history, "settings": settings,
@@ -393,19 +445,27 @@ def _run_phase(run: _Run, train, validation, epochs: int, batch_size: int, *, pa
     return _Phase(unpadded(state._replace(params=params)).params, state, history, best_epoch, stopped)
 
 
+def _in_row_order(config, encoded: dict) -> dict:
+    """The examples ordered by their first side's rows when each example has one (ratings
+    by user, :func:`~mdcf.train.by_key`): a step then reads and writes that table in
+    increasing row order. Examples with several rows per side keep their order."""
+    side = next(iter(config.sides))
+    return by_key(encoded, config.id_keys[side]) if config.id_shapes[side] == () else encoded
+
+
 # A step's loss above this many times the divergence reference stops the run (see _epoch_logs).
 DIVERGENCE_FACTOR = 100.0
 
 
-def _divergence_limit(ratings, first_loss: float) -> float:
+def _divergence_limit(task, targets, first_loss: float) -> float:
     """The training loss that means a run diverged: ``DIVERGENCE_FACTOR`` times the larger of
-    the mean squared training rating (the loss of predicting 0 for every rating) and the
+    the task's reference loss (:attr:`mdcf.models.Task.reference`: the mean squared
+    training rating, the loss of predicting 0 for every rating; log 2 for clicks) and the
     phase's first step's loss (the model as it started; large under a large ``l2``)."""
-    second_moment = float(np.mean(np.square(ratings, dtype=np.float64)))
-    return DIVERGENCE_FACTOR * max(second_moment, first_loss if math.isfinite(first_loss) else 0.0)
+    return DIVERGENCE_FACTOR * max(task.reference(targets), first_loss if math.isfinite(first_loss) else 0.0)
 
 
-def _epoch_logs(epoch: int, losses, mses, sizes, n: int, limit: float) -> dict:
+def _epoch_logs(task, epoch: int, losses, means, sizes, n: int, limit: float) -> dict:
     """An epoch's training metrics; :class:`TrainingDivergedError` when a step's loss is not
     finite or exceeds ``limit`` (:func:`_divergence_limit`)."""
     losses = np.asarray(losses)
@@ -413,7 +473,7 @@ def _epoch_logs(epoch: int, losses, mses, sizes, n: int, limit: float) -> dict:
     if bad.any():
         bad_step = int(np.flatnonzero(bad)[0]) + 1
         why = ("the returned model would be NaN" if not np.isfinite(losses[bad_step - 1]) else
-               f"more than {limit:.4g}, {DIVERGENCE_FACTOR:g}x the larger of the mean squared rating and the "
+               f"more than {limit:.4g}, {DIVERGENCE_FACTOR:g}x the larger of {task.reference_name} and the "
                "first step's loss: the run diverged")
         raise TrainingDivergedError(
             f"fit: the training loss became {losses[bad_step - 1]:.4g} at epoch {epoch}, step {bad_step} of "
@@ -423,19 +483,22 @@ def _epoch_logs(epoch: int, losses, mses, sizes, n: int, limit: float) -> dict:
     return {
         "epoch": epoch,
         "train_loss": float(np.sum(losses * sizes) / n),
-        "train_mse": float(np.sum(np.asarray(mses) * sizes) / n),
+        f"train_{task.metric}": float(np.sum(np.asarray(means) * sizes) / n),
     }
 
 
-def _validate(model: Model, state: TrainState, val_batch: dict, logs: dict, best: dict, restore_best: bool) -> None:
-    """Adds the validation MSE and RMSE to ``logs`` and keeps ``best`` up to date."""
-    pred = predict_rows(model, state.params, val_batch["users"], val_batch["items"])
-    val_mse = float(np.mean((pred - val_batch["ratings"]) ** 2))
-    logs["val_mse"], logs["val_rmse"] = val_mse, math.sqrt(val_mse)
-    if val_mse < best["mse"]:
-        best.update(mse=val_mse, epoch=logs["epoch"], bad=0)
+def _validate(model, state: TrainState, val_batch: dict, logs: dict, best: dict, restore_best: bool) -> None:
+    """Adds the validation metrics (:data:`VALIDATION_METRICS`) to ``logs`` and keeps
+    ``best`` (lowest task metric) up to date."""
+    task = models.config_of(model).task
+    pred = predict_batch(model, state.params, val_batch)
+    values = TASK_METRICS[task.name](model, val_batch, pred)
+    for name in VALIDATION_METRICS[task.name]:
+        logs[f"val_{name}"] = values[name]
+    value = values[task.metric]
+    if value < best["value"]:
+        best.update(value=value, epoch=logs["epoch"], bad=0)
         if restore_best:
             best["params"] = copy_tree(state.params)  # the next epoch donates state
     else:
         best["bad"] += 1
-

@@ -13,6 +13,8 @@ Row optimisers and how they relate to their dense counterparts:
   Dense Adam also decays every absent row's moments and keeps moving absent rows
   with their stale momentum; lazy Adam does not (it is the usual sparse Adam of
   TensorFlow's LazyAdam and PyTorch's SparseAdam).
+* :func:`row_amsgrad` is lazy Amsgrad in the same sense; when every row occurs in
+  every step it equals optax's ``amsgrad``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "row_sgd",
     "row_adagrad",
     "row_adam",
+    "row_amsgrad",
     "row_rowwise_adagrad",
     "OPTIMIZERS",
     "optimizer",
@@ -123,6 +126,25 @@ def row_adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: floa
     return RowOptimizer(init, update, f"adam(lr={learning_rate})")
 
 
+def row_amsgrad(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> RowOptimizer:
+    """Lazy Amsgrad (Reddi et al. 2018, as optax computes it): Adam whose denominator uses
+    the running maximum of the bias-corrected second moment; a row's moments are updated
+    only when the row occurs in a batch."""
+
+    def init(table):
+        return (jnp.zeros_like(table), jnp.zeros_like(table), jnp.zeros_like(table))
+
+    def update(grads, state, rows, step):
+        m, v, v_max = state
+        m = b1 * m + (1 - b1) * grads
+        v = b2 * v + (1 - b2) * grads**2
+        m_hat = m / jnp.asarray(1 - b1**step).astype(m.dtype)
+        v_max = jnp.maximum(v_max, v / jnp.asarray(1 - b2**step).astype(v.dtype))
+        return rows - learning_rate * m_hat / (jnp.sqrt(v_max) + eps), (m, v, v_max)
+
+    return RowOptimizer(init, update, f"amsgrad(lr={learning_rate})")
+
+
 class Optimizer(NamedTuple):
     """An optax transformation for dense parameters and, for the row-sparse path, a row optimiser.
 
@@ -133,7 +155,7 @@ class Optimizer(NamedTuple):
     rows: RowOptimizer | None
 
 
-OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam", "amsgrad")
 
 
 def optimizer(
@@ -150,13 +172,14 @@ def optimizer(
 
     Args:
       name: ``"sgd"``, ``"adagrad"``, ``"rowwise_adagrad"`` (tables get one
-        accumulator per row; dense parameters plain Adagrad; row-sparse only) or ``"adam"``.
+        accumulator per row; dense parameters plain Adagrad; row-sparse only), ``"adam"``
+        or ``"amsgrad"`` (the MD paper's CTR optimiser).
       learning_rate: step size of both parts.
       sparse: row-sparse table updates (see the module docstring); False gives
         one optax transformation over every parameter.
       weight_decay: decoupled weight decay of the dense parameters (AdamW-style
         for ``"adam"``); with ``sparse=False`` it applies to the tables as well.
-      b1, b2, eps: Adam's constants.
+      b1, b2, eps: Adam's (and Amsgrad's) constants.
     """
     if not callable(learning_rate) and not (is_real(learning_rate) and learning_rate > 0):
         raise ValueError(f"optimizer: learning_rate must be a finite number > 0 or an optax schedule, "
@@ -171,6 +194,8 @@ def optimizer(
         dense, rows = optax.adagrad(learning_rate), row_rowwise_adagrad(learning_rate)
     elif name == "adam":
         dense, rows = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), row_adam(learning_rate, b1, b2, eps)
+    elif name == "amsgrad":
+        dense, rows = optax.amsgrad(learning_rate, b1=b1, b2=b2, eps=eps), row_amsgrad(learning_rate, b1, b2, eps)
     else:
         raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
     if name == "rowwise_adagrad" and not sparse:

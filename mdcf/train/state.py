@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import models
-from ..models import Model, ModelConfig
+from ..models import Model
 from .optim import Optimizer, as_optimizer
 
 __all__ = ["TrainState", "init_state", "compiled_init", "model_config"]
@@ -31,9 +31,9 @@ class TrainState(NamedTuple):
     step: jax.Array
 
 
-def model_config(model) -> ModelConfig:
-    """The :class:`~mdcf.models.ModelConfig` of a model or config."""
-    return model.config if isinstance(model, Model) else model
+def model_config(model):
+    """The config of a :class:`~mdcf.models.Model`, or the config itself (any family)."""
+    return models.config_of(model)
 
 
 def init_state(key: jax.Array, model, opt, global_mean: float | None = None) -> TrainState:
@@ -41,9 +41,10 @@ def init_state(key: jax.Array, model, opt, global_mean: float | None = None) -> 
 
     Args:
       key: PRNG key for the parameters.
-      model: a :class:`~mdcf.models.Model` or :class:`~mdcf.models.ModelConfig`.
+      model: a :class:`~mdcf.models.Model` or a model config of any family.
       opt: an :class:`Optimizer` or an optax transformation (dense path).
-      global_mean: initial global bias (default: the model's training mean, else 0).
+      global_mean: initial global bias of a rating model (default: the model's
+        training mean, else 0); unused by families without one.
     """
     config = model_config(model)
     opt = as_optimizer(opt)
@@ -59,7 +60,7 @@ def init_state(key: jax.Array, model, opt, global_mean: float | None = None) -> 
 
 
 @lru_cache(maxsize=4)
-def compiled_init(config: ModelConfig, opt: Optimizer) -> Callable:
+def compiled_init(config, opt: Optimizer) -> Callable:
     """``_init_state`` compiled as one computation (run eagerly, every random draw and
     optimiser buffer of a new shape compiles on its own: seconds for an MD model).
     The last few are kept, so that ``fit``'s refit, which passes the same optimiser,
@@ -67,7 +68,7 @@ def compiled_init(config: ModelConfig, opt: Optimizer) -> Callable:
     return jax.jit(partial(_init_state, config=config, opt=opt))
 
 
-def _init_state(key, global_mean, config: ModelConfig, opt: Optimizer) -> TrainState:
+def _init_state(key, global_mean, config, opt: Optimizer) -> TrainState:
     params = models.init(key, config, global_mean)
     if opt.rows is None:
         return TrainState(params, opt.dense.init(params), {}, jnp.zeros((), jnp.int32))

@@ -1,4 +1,9 @@
-"""Pure train steps ``(state, batch) -> (state, metrics)``: dense and row-sparse.
+"""Pure train steps ``(state, batch) -> (state, metrics)``: dense and row-sparse, for any model family.
+
+The step reads the model only through its config (sides, batch keys, embeddings,
+row tables) and its family (:func:`mdcf.models.forward`); the task (rating
+regression, click prediction) gives the targets and the loss
+(:class:`mdcf.models.Task`). One step serves MF/NCF on ratings and DLRM on clicks.
 
 * **Row-sparse** (an :class:`~mdcf.train.Optimizer` with ``rows`` set, the
   default of :func:`~mdcf.train.fit`): the loss is differentiated with respect to
@@ -10,15 +15,16 @@
 * **Dense**: one optax transformation over every parameter (``jax.grad`` of the
   whole pytree); each step touches every row of every table.
 
-Regularisation: ``l2`` adds ``l2 * (|e_u|^2 + |e_i|^2 + b_u^2 + b_i^2)`` per rating,
-on the embedding *vectors* a rating uses (after projection) and its biases, as
-classic MF SGD does; it touches only the rows of the batch. ``weight_decay``
+Regularisation: ``l2`` adds ``l2 * (|e_u|^2 + |e_i|^2 + b_u^2 + b_i^2)`` per rating
+(for DLRM the sum over its ``F`` field vectors), on the embedding *vectors* an
+example uses (after projection) and its biases, as classic MF SGD does; it touches only the rows of the batch. ``weight_decay``
 (decoupled, AdamW-style) applies to the dense parameters. Paper-style runs use
 ``l2`` only.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -26,117 +32,139 @@ import jax.numpy as jnp
 import optax
 
 from .. import embeddings, models, sharding
-from ..models import ModelConfig
 from .optim import Optimizer, as_optimizer
 from .sparse import duplicates, mask_rows, update_rows, update_whole
 from .state import TrainState, model_config
 
 __all__ = ["make_train_step"]
 
-_SIDES = ("user", "item")
+
+def _per_example(x: jax.Array, n: int) -> jax.Array:
+    """``x`` (``[B, ...]``) summed to ``[B]``."""
+    return jnp.sum(x.reshape(n, -1), axis=1)
 
 
-def _weighted_loss(pred, ratings, weights, penalty, l2, bad=None):
-    """``(loss, mse)``, weighted means over the batch. ``bad`` (``[B]``, NaN for
-    entries of weight > 0 with an id outside the tables, else 0; see
-    :func:`_bad_ids`) makes both NaN without touching the gradients: it is a
-    constant inside the sum."""
-    err = pred - ratings
+def _weighted_loss(losses, weights, penalty, l2, bad=None):
+    """``(loss, mean)``: the weighted mean of the per-example ``losses`` plus ``l2`` times
+    the weighted mean penalty, and the weighted mean loss alone. ``bad`` (``[B]``, NaN
+    for entries of weight > 0 with an id outside the tables, else 0; see
+    :func:`_bad_ids`) makes both NaN without touching the gradients: it is a constant
+    inside the sum."""
     total = jnp.maximum(jnp.sum(weights), 1.0)
-    squares = weights * err**2 if bad is None else weights * err**2 + bad
-    mse = jnp.sum(squares) / total
+    terms = weights * losses if bad is None else weights * losses + bad
+    mean = jnp.sum(terms) / total
     if isinstance(l2, (int, float)) and not l2:  # a traced l2 (fit's epochs) is always applied
-        return mse, mse
-    return mse + l2 * jnp.sum(weights * penalty) / total, mse
+        return mean, mean
+    return mean + l2 * jnp.sum(weights * penalty) / total, mean
 
 
-def _bad_ids(config: ModelConfig, users, items, weights):
-    """``(inside, bad)``: whether each entry's user and item ids lie inside the tables,
-    and ``[B]`` NaN for the entries of weight > 0 that do not, 0 elsewhere (see
+def _bad_ids(config, ids: dict, weights):
+    """``(inside, bad)``: whether all of each entry's ids lie inside their tables, and
+    ``[B]`` NaN for the entries of weight > 0 that do not, 0 elsewhere (see
     :func:`_weighted_loss`)."""
-    inside = (users >= 0) & (users < config.user.n_rows) & (items >= 0) & (items < config.item.n_rows)
+    n = weights.shape[0]
+    inside = jnp.ones(n, bool)
+    for side, spec in config.sides.items():
+        ok = (ids[side] >= 0) & (ids[side] < spec.n_rows)
+        inside = inside & jnp.all(ok.reshape(n, -1), axis=1)
     return inside, jnp.where(inside | (weights <= 0), 0.0, jnp.nan).astype(weights.dtype)
 
 
-def _batch_parts(config: ModelConfig, batch):
-    """``(users, items, ratings, weights)`` of a batch dict, checked. Keys, dtypes and
-    shapes are static under ``jit``, so a malformed batch raises when the step is traced."""
-    missing = [key for key in ("users", "items", "ratings") if key not in batch]
+def _batch_parts(config, batch):
+    """``(ids, targets, weights, inputs)`` of a batch dict, checked: ``ids`` per side
+    (int32 rows), the task's targets and the weights as float32 ``[B]``, the dense
+    inputs as float32. Keys, dtypes and shapes are static under ``jit``, so a
+    malformed batch raises when the step is traced."""
+    task = config.task
+    id_keys = config.id_keys
+    wanted = [*id_keys.values(), task.target, *config.inputs]
+    missing = [key for key in wanted if key not in batch]
     if missing:
-        raise KeyError(f"train step: the batch has no {missing}; it needs 'users', 'items', 'ratings' "
-                       f"and optionally 'weights', got keys {sorted(batch)}")
-    parts = {key: jnp.asarray(batch[key]) for key in ("users", "items", "ratings", "weights") if key in batch}
-    for key in ("users", "items"):
+        raise KeyError(f"train step: the batch has no {missing}; a {config.kind} model needs "
+                       f"{wanted} and optionally 'weights', got keys {sorted(batch)}")
+    parts = {key: jnp.asarray(batch[key]) for key in [*wanted, "weights"] if key in batch}
+    for key in id_keys.values():
         if not jnp.issubdtype(parts[key].dtype, jnp.integer):
             raise TypeError(f"train step: batch[{key!r}] must hold integer rows, got dtype {parts[key].dtype}")
+    expected = {key: config.id_shapes[side] for side, key in id_keys.items()}
+    expected.update({task.target: (), "weights": ()}, **config.inputs)
     shapes = {key: value.shape for key, value in parts.items()}
-    if len(set(shapes.values())) != 1 or len(shapes["users"]) != 1:
-        raise ValueError(f"train step: the batch's arrays must be 1-D and of one length, got shapes {shapes}")
-    users = embeddings.as_rows(parts["users"], config.user.n_rows)
-    items = embeddings.as_rows(parts["items"], config.item.n_rows)
-    ratings = parts["ratings"].astype(jnp.float32)
-    weights = jnp.ones_like(ratings) if "weights" not in parts else parts["weights"].astype(jnp.float32)
-    return users, items, ratings, weights
+    n = shapes[task.target][0] if shapes[task.target] else None
+    if n is None or any(shape != (n, *expected[key]) for key, shape in shapes.items()):
+        want = {key: ("B", *expected[key]) for key in shapes}
+        raise ValueError(f"train step: the batch's arrays must have shapes {want} with one batch size B, "
+                         f"got {shapes}")
+    ids = {side: embeddings.as_rows(parts[key], config.sides[side].n_rows) for side, key in id_keys.items()}
+    targets = parts[task.target].astype(jnp.float32)
+    weights = jnp.ones_like(targets) if "weights" not in parts else parts["weights"].astype(jnp.float32)
+    inputs = {key: parts[key].astype(jnp.float32) for key in config.inputs}
+    return ids, targets, weights, inputs
 
 
-def _penalty(config: ModelConfig, vectors, user_bias, item_bias):
-    penalty = sum(jnp.sum(v**2, axis=-1) for v in vectors.values())
-    if config.biases:
-        penalty = penalty + user_bias**2 + item_bias**2
-    return penalty
+def _for_entries(weights, ids, other):
+    """``ids`` where the entry's weight is > 0, else ``other`` (``weights`` broadcast over the id axes)."""
+    live = (weights > 0).reshape(weights.shape + (1,) * (ids.ndim - 1))
+    return jnp.where(live, ids, other)
 
 
-def _dense_step(config: ModelConfig, opt: Optimizer, l2: float):
-    def loss_fn(params, users, items, ratings, weights, bad):
-        vectors = models.embed(params, config, users, items)
-        user_bias = item_bias = None
-        if config.biases:
-            user_bias = params["tables"]["user_bias"][users]
-            item_bias = params["tables"]["item_bias"][items]
-        pred = models.head(params["dense"], config, vectors, user_bias, item_bias)
-        return _weighted_loss(pred, ratings, weights, _penalty(config, vectors, user_bias, item_bias), l2, bad)
+def _penalty(config, vectors: dict, rows: dict, n: int):
+    """Per example, the squared norms of its embedding vectors and gathered per-row values."""
+    return sum(_per_example(v**2, n) for v in (*vectors.values(), *rows.values()))
+
+
+def _outputs(config, dense, vectors, rows, inputs, targets, weights, bad, l2):
+    """``(loss, mean loss)`` of the model's outputs on a batch."""
+    pred = models.forward(dense, config, vectors, rows, inputs)
+    penalty = _penalty(config, vectors, rows, targets.shape[0])
+    return _weighted_loss(config.task.loss(pred, targets), weights, penalty, l2, bad)
+
+
+def _dense_step(config, opt: Optimizer, l2: float):
+    metric = config.task.metric
+
+    def loss_fn(params, ids, targets, weights, inputs, bad):
+        vectors = {name: embeddings.lookup(models.layer_params(params, name, spec), spec, ids[side])
+                   for name, side, spec in config.embeddings}
+        rows = {name: params["tables"][name][ids[side]] for name, side in models.value_tables(config)}
+        return _outputs(config, params["dense"], vectors, rows, inputs, targets, weights, bad, l2)
 
     def step(state: TrainState, batch):
-        users, items, ratings, weights = _batch_parts(config, batch)
+        ids, targets, weights, inputs = _batch_parts(config, batch)
         # Entries with bad ids are not skipped here (a select on the weights makes ml-100k
         # epochs about 1.1x slower): they embed as NaN, which the loss and gradients carry.
-        bad = _bad_ids(config, users, items, weights)[1]
+        bad = _bad_ids(config, ids, weights)[1]
         # Padding entries (weight 0) point at row 0: finite, and they add no gradient.
-        users = jnp.where(weights > 0, users, 0)
-        items = jnp.where(weights > 0, items, 0)
-        (loss, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, users, items, ratings, weights, bad)
+        ids = {side: _for_entries(weights, value, 0) for side, value in ids.items()}
+        (loss, mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, ids, targets, weights, inputs, bad)
         updates, dense_state = opt.dense.update(grads, state.dense_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, dense_state, state.row_state, state.step + 1), {"loss": loss, "mse": mse}
+        return TrainState(params, dense_state, state.row_state, state.step + 1), {"loss": loss, metric: mean}
 
     return step
 
 
-def _side_specs(config: ModelConfig) -> dict:
-    return {"user": config.user, "item": config.item}
+def _batch_ids(ids: dict, weights) -> dict:
+    """The batch's rows per side, flattened to ``[B * ...]``; padding (weight 0) and skipped
+    entries are -1."""
+    return {side: _for_entries(weights, value, -1).reshape(-1) for side, value in ids.items()}
 
 
-def _batch_ids(users, items, weights) -> dict:
-    """The batch's rows per side; padding (weight 0) and skipped entries are -1."""
-    return {"user": jnp.where(weights > 0, users, -1), "item": jnp.where(weights > 0, items, -1)}
-
-
-def _plans(config: ModelConfig, tables: dict, ids: dict, slots: dict) -> dict:
-    """Per side, the row plan of the batch's ids (every table of a side shares it)."""
+def _plans(config, tables: dict, ids: dict, slots: dict) -> dict:
+    """Per side, the row plan of the batch's flat ids (every table of a side shares it)."""
     first = {}
     for name, side, _ in config.embeddings:
         first.setdefault(side, name)
-    specs = _side_specs(config)
-    return {side: embeddings.scheme(specs[side]).rows.plan(
-                specs[side], ids[side], slots[side], tuple(t.shape[0] for t in jax.tree.leaves(tables[first[side]])))
-            for side in _SIDES}
+    return {side: embeddings.scheme(spec).rows.plan(
+                spec, ids[side], slots[side], tuple(t.shape[0] for t in jax.tree.leaves(tables[first[side]])))
+            for side, spec in config.sides.items()}
 
 
-def _sparse_grads(config: ModelConfig, params, ids, ratings, weights, bad, plans, l2):
+def _sparse_grads(config, params, ids, shapes, targets, weights, inputs, bad, plans, l2):
     """Loss and gradients with respect to each table's gathered leaves and the dense params.
 
-    Returns ``(loss, mse, row_ids, kinds, row_grads, dense_grads)``: per table the rows
+    ``ids`` are the flat ids of :func:`_batch_ids`, ``shapes`` each side's batch shape.
+    Returns ``(loss, mean, row_ids, kinds, row_grads, dense_grads)``: per table the rows
     each leaf's gradient belongs to and its kind (:class:`mdcf.embeddings.RowSparse`).
     """
     rows_of = {name: embeddings.scheme(spec).rows for name, _, spec in config.embeddings}
@@ -144,31 +172,28 @@ def _sparse_grads(config: ModelConfig, params, ids, ratings, weights, bad, plans
     # reach the loss (weight 0, or a slot the scheme drops) and their gradients are dropped.
     gathered = {name: rows_of[name].gather(spec, params["tables"][name], plans[side])
                 for name, side, spec in config.embeddings}
-    if config.biases:
-        for name, side in (("user_bias", "user"), ("item_bias", "item")):
-            gathered[name] = embeddings.take_rows(params["tables"][name], ids[side], None)
+    values = models.value_tables(config)
+    for name, side in values:
+        gathered[name] = embeddings.take_rows(params["tables"][name], ids[side], None)
 
     def loss_fn(rows, dense):
         vectors = {name: rows_of[name].vectors(spec, rows[name], dense["projections"][name], plans[side])
-                   for name, side, spec in config.embeddings}
-        user_bias = rows.get("user_bias")
-        item_bias = rows.get("item_bias")
-        pred = models.head(dense, config, vectors, user_bias, item_bias)
-        return _weighted_loss(pred, ratings, weights, _penalty(config, vectors, user_bias, item_bias), l2, bad)
+                   .reshape(*shapes[side], spec.base_dim) for name, side, spec in config.embeddings}
+        per_row = {name: rows[name].reshape(shapes[side]) for name, side in values}
+        return _outputs(config, dense, vectors, per_row, inputs, targets, weights, bad, l2)
 
-    (loss, mse), (row_grads, dense_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+    (loss, mean), (row_grads, dense_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         gathered, params["dense"])
     row_ids, kinds = {}, {}
     for name, side, spec in config.embeddings:
         row_ids[name], kinds[name] = rows_of[name].updated_rows(spec, plans[side])
-    if config.biases:
-        row_ids["user_bias"] = jnp.where(ids["user"] >= 0, ids["user"], config.user.n_rows)
-        row_ids["item_bias"] = jnp.where(ids["item"] >= 0, ids["item"], config.item.n_rows)
-        kinds["user_bias"] = kinds["item_bias"] = "batch"
-    return loss, mse, row_ids, kinds, row_grads, dense_grads
+    for name, side in values:
+        row_ids[name] = jnp.where(ids[side] >= 0, ids[side], config.sides[side].n_rows)
+        kinds[name] = "batch"
+    return loss, mean, row_ids, kinds, row_grads, dense_grads
 
 
-def _apply_updates(config: ModelConfig, opt: Optimizer, state, row_ids, kinds, row_grads, dense_grads, active=None):
+def _apply_updates(config, opt: Optimizer, state, row_ids, kinds, row_grads, dense_grads, active=None):
     """The state after one row-sparse step. ``active`` (a traced bool; None: always):
     when False the state is left as it was: rows are redirected out of range (scatters
     drop them) and the dense parameters, their optimiser state and the step count kept."""
@@ -207,40 +232,44 @@ def _apply_updates(config: ModelConfig, opt: Optimizer, state, row_ids, kinds, r
     return TrainState({"tables": tables, "dense": dense}, dense_state, row_state, step)
 
 
-def _sparse_step(config: ModelConfig, opt: Optimizer, l2: float, capacities):
-    specs = _side_specs(config)
+def _sparse_step(config, opt: Optimizer, l2: float, capacities):
+    specs = config.sides
+    metric = config.task.metric
 
-    def main(state, plans, ids, ratings, weights, bad, active=None):
-        loss, mse, row_ids, kinds, row_grads, dense_grads = _sparse_grads(
-            config, state.params, ids, ratings, weights, bad, plans, l2)
-        return _apply_updates(config, opt, state, row_ids, kinds, row_grads, dense_grads, active), loss, mse
+    def main(state, plans, ids, shapes, targets, weights, inputs, bad, active=None):
+        loss, mean, row_ids, kinds, row_grads, dense_grads = _sparse_grads(
+            config, state.params, ids, shapes, targets, weights, inputs, bad, plans, l2)
+        return _apply_updates(config, opt, state, row_ids, kinds, row_grads, dense_grads, active), loss, mean
 
     def step(state: TrainState, batch):
-        users, items, ratings, weights = _batch_parts(config, batch)
-        inside, bad = _bad_ids(config, users, items, weights)
+        ids, targets, weights, inputs = _batch_parts(config, batch)
+        inside, bad = _bad_ids(config, ids, weights)
         weights = jnp.where(inside, weights, 0.0)  # skipped, like padding
-        ids = _batch_ids(users, items, weights)
-        plans = _plans(config, state.params["tables"], ids, capacities(users.shape[0]))
+        shapes = {side: value.shape for side, value in ids.items()}
+        ids = _batch_ids(ids, weights)
+        plans = _plans(config, state.params["tables"], ids,
+                       capacities({side: math.prod(shape) for side, shape in shapes.items()}))
+        args = (ids, shapes, targets, weights, inputs, bad)
         fits = [p.fits for p in plans.values() if p.fits is not None]
         if not fits:  # nothing routed: nothing can overflow
-            new_state, loss, mse = main(state, plans, ids, ratings, weights, bad)
-            return new_state, {"loss": loss, "mse": mse}
+            new_state, loss, mean = main(state, plans, *args)
+            return new_state, {"loss": loss, metric: mean}
         # The planned step always runs and changes nothing when some plan overflowed;
         # then a loop of at most one iteration runs the same step with overflow plans,
         # which are exact for any batch. (A lax.cond choosing between the two steps
         # passes the whole training state through its branches: slower on a CPU.)
-        fits = fits[0] if len(fits) == 1 else jnp.logical_and(*fits)
-        state, loss, mse = main(state, plans, ids, ratings, weights, bad, active=fits)
+        fits = fits[0] if len(fits) == 1 else jnp.all(jnp.stack(fits))
+        state, loss, mean = main(state, plans, *args, active=fits)
 
         def overflow(carry):
-            full = {side: embeddings.scheme(specs[side]).rows.overflow_plan(specs[side], plans[side])
-                    for side in _SIDES}
-            new_state, loss, mse = main(carry[0], full, ids, ratings, weights, bad)
-            return new_state, jnp.asarray(False), loss, mse
+            full = {side: embeddings.scheme(spec).rows.overflow_plan(spec, plans[side])
+                    for side, spec in specs.items()}
+            new_state, loss, mean = main(carry[0], full, *args)
+            return new_state, jnp.asarray(False), loss, mean
 
-        state, _, loss, mse = jax.lax.while_loop(lambda carry: carry[1], overflow,
-                                                 (state, jnp.logical_not(fits), loss, mse))
-        return state, {"loss": loss, "mse": mse}
+        state, _, loss, mean = jax.lax.while_loop(lambda carry: carry[1], overflow,
+                                                  (state, jnp.logical_not(fits), loss, mean))
+        return state, {"loss": loss, metric: mean}
 
     return step
 
@@ -250,13 +279,16 @@ def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "au
     """A pure train step ``(state, batch) -> (state, metrics)`` for your own ``jit``/``scan``/``vmap``.
 
     Args:
-      model: a :class:`~mdcf.models.Model` or :class:`~mdcf.models.ModelConfig`.
+      model: a :class:`~mdcf.models.Model`, a :class:`~mdcf.models.ModelConfig`, or a
+        model config of another family (:class:`~mdcf.models.dlrm.DLRMConfig`).
       opt: an :class:`Optimizer` (row-sparse when ``opt.rows`` is set) or an optax
         transformation (dense).
-      l2: regularisation of the embedding vectors and biases a rating uses.
+      l2: regularisation of the embedding vectors and per-row values (biases) an
+        example uses.
       capacities: row-sparse path only: per-block slots, ``"auto"`` (sized from
-        each spec's loads, :func:`mdcf.embeddings.block_capacities`) or
-        ``{"user": (...), "item": (...)}``. A batch that overflows them is
+        each spec's loads, :func:`mdcf.embeddings.block_capacities`) or a dict by
+        side (``{"user": (...), "item": (...)}``; DLRM: ``{"rows": (...)}``, slots
+        for the ``B * F`` ids of a batch). A batch that overflows them is
         handled exactly: the step is redone with a slot per batch entry in
         every block (slower, and rare with ``"auto"``).
       mesh, data_axis, model_axis: on a :class:`jax.sharding.Mesh`, the step
@@ -264,14 +296,17 @@ def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "au
         of :func:`mdcf.sharding.state_shardings` (place it first with
         :func:`mdcf.sharding.shard_state`).
 
-    The batch is a dict of ``users`` and ``items`` (rows in block order, e.g.
-    from :meth:`Model.encode <mdcf.models.Model.encode>`), ``ratings`` and
-    optional ``weights`` (0 marks padding; the ids of padding entries are
-    ignored). Metrics: ``loss`` (MSE plus regularisation) and ``mse``, weighted
-    means over the batch.
+    The task is the model's (:attr:`config.task <mdcf.models.Task>`), the same step for
+    each. A rating model's batch is a dict of ``users`` and ``items`` (``[B]`` rows in
+    block order, e.g. from :meth:`Model.encode <mdcf.models.Model.encode>`) and
+    ``ratings``; a DLRM's holds ``rows`` (``[B, F]`` stacked rows), ``dense``
+    (``[B, n_dense]``) and ``labels`` (:func:`mdcf.models.dlrm.encode`). Either takes
+    optional ``weights`` (0 marks padding; the ids of padding entries are ignored).
+    Metrics: ``loss`` (the task's loss plus regularisation) and the mean task loss
+    under the task's metric name (``mse``; ``logloss``), weighted means over the batch.
 
     Ids outside the tables cannot raise inside ``jit``. A batch with such an id
-    in an entry of weight > 0 gives NaN ``loss`` and ``mse`` (:func:`fit`
+    in an entry of weight > 0 gives NaN metrics (:func:`fit`
     would stop with an error naming the epoch and step). The row-sparse step
     skips those entries, as if their weight were 0; on the dense path they
     embed as NaN vectors (as :func:`mdcf.embeddings.lookup` does under ``jit``)
@@ -297,10 +332,10 @@ def make_train_step(model, opt, *, l2: float = 0.0, capacities: str | dict = "au
     return sharded_step
 
 
-def _unsharded_step(config: ModelConfig, opt: Optimizer, l2: float, capacities) -> Callable:
+def _unsharded_step(config, opt: Optimizer, l2: float, capacities) -> Callable:
     if opt.rows is None:
         return _dense_step(config, opt, l2)
-    specs = _side_specs(config)
+    specs = config.sides
     if capacities != "auto":
         try:
             ok = set(capacities) == set(specs) and all(
@@ -309,12 +344,14 @@ def _unsharded_step(config: ModelConfig, opt: Optimizer, l2: float, capacities) 
         except TypeError:
             ok = False
         if not ok:
-            wanted = {side: embeddings.scheme(spec).rows.check_capacities(spec, ()) for side, spec in specs.items()}
-            raise ValueError(f"capacities must be 'auto' or {{'user': ..., 'item': ...}} with, for users, "
-                             f"{wanted['user']} and, for items, {wanted['item']}; got {capacities!r}")
+            wanted = "; ".join(f"{side!r}: {embeddings.scheme(spec).rows.check_capacities(spec, ())}"
+                               for side, spec in specs.items())
+            raise ValueError(f"capacities must be 'auto' or a dict by side with, for each, {wanted}; "
+                             f"got {capacities!r}")
 
-    def capacity_for(batch: int) -> dict:
-        return {side: embeddings.scheme(spec).rows.capacities(spec, batch, capacities if capacities == "auto"
+    def capacity_for(entries: dict) -> dict:
+        """Slots per side for a batch of ``entries[side]`` ids."""
+        return {side: embeddings.scheme(spec).rows.capacities(spec, entries[side], capacities if capacities == "auto"
                                                               else capacities[side])
                 for side, spec in specs.items()}
 
