@@ -14,8 +14,9 @@ import numpy as np
 
 from . import io
 from .sweep.analysis import select
+from .sweep.ctr import ctr_cells
 
-__all__ = ["budget_curves", "alpha_ablation", "block_dims", "frequency_curve", "save"]
+__all__ = ["budget_curves", "alpha_ablation", "block_dims", "frequency_curve", "ctr_curves", "save"]
 
 
 def _axes(ax=None, size=(6.0, 4.0)):
@@ -141,3 +142,37 @@ def save(fig, path) -> list[Path]:
             f.write(buffer.getvalue())
         written.append(target)
     return written
+
+
+def ctr_curves(rows, metrics: Sequence[str] = ("test_accuracy", "test_logloss"), axes=None,
+               title: str | None = None):
+    """Click-sweep metrics against embedding parameters (log x), one curve per alpha and the
+    uniform tables, mean +- std over seeds (:func:`mdcf.sweep.ctr_cells`)."""
+    import matplotlib.pyplot as plt
+
+    cells = ctr_cells(rows)
+    if not cells:
+        raise ValueError("ctr_curves: no finished run to plot (every run is infeasible or diverged, or none ran)")
+    if axes is None:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.0), squeeze=False)
+        axes = axes[0]
+    else:
+        fig = axes[0].figure
+    curves = sorted({(method, alpha) for _, method, alpha in cells}, key=lambda c: (c[0] != "uniform", c[1]))
+    for ax, metric in zip(axes, metrics):
+        for method, alpha in curves:
+            keys = sorted(k for k in cells if k[1:] == (method, alpha))
+            params = [np.mean([r["embedding_params"] for r in cells[k]]) for k in keys]
+            values = [[r[metric] for r in cells[k]] for k in keys]
+            style = dict(color="black", linestyle="--", marker="s") if method == "uniform" else dict(marker="o")
+            label = "uniform" if method == "uniform" else f"MD, alpha = {alpha:g}"
+            ax.errorbar(params, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], capsize=3,
+                        label=label, **style)
+        ax.set_xscale("log")
+        ax.set_xlabel("embedding parameters (projections included)")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -178,21 +178,32 @@ class DLRMConfig:
         return (self.n_dense, *self.bottom, self.dim), (self.top_input, *self.top, 1)
 
 
-def dlrm_config(field_rows, *, dim: int = 16, alpha: float = 0.0, round_pow2: bool = False,
-                n_dense: int = 13, bottom=(512, 256, 64), top=(512, 256), init_stddev: float = 0.01,
-                embedding_init: str = "xavier") -> DLRMConfig:
+def dlrm_config(field_rows, *, dim: int = 16, alpha: float = 0.0, budget: int | None = None,
+                round_pow2: bool = False, n_dense: int = 13, bottom=(512, 256, 64), top=(512, 256),
+                init_stddev: float = 0.01, embedding_init: str = "xavier") -> DLRMConfig:
     """A DLRM with a uniform table (``alpha=0``) or MD embeddings with one block per field.
 
     With ``alpha > 0``, field ``f``'s block gets ``d_f = dim * (p_f / p_max) ** alpha``
     with ``p_f = 1 / n_f`` (each field is looked up once per example; dlrm's sizing
     rule, :func:`mdcf.blocking.stack`), rounded (to powers of two with ``round_pow2``);
     the smallest fields get ``dim`` and a projection maps each block to ``dim``.
+
+    With a ``budget`` (embedding parameters, projections included) and ``alpha > 0``,
+    the same rule is scaled to the budget (:func:`mdcf.sizing.solve_budget`: within 1%
+    below it, no block above ``dim``; ``ValueError`` when it cannot be met). A uniform
+    table (``alpha=0``) with a budget gets the largest ``dim`` that fits, and the
+    model's base dimension is that ``dim``.
     """
     rows = tuple(int(r) for r in field_rows)
+    stacked = blocking.stack(rows)
     if alpha == 0:
+        if budget is not None:
+            dim = sizing.uniform_dim_for_budget(budget, sum(rows))
         table = MDSpec.uniform(sum(rows), dim)
+    elif budget is not None:
+        table = sizing.solve_budget(int(budget), rows, stacked.row_probs, dim, alpha, round_pow2=round_pow2)
+        table = table.with_loads(tuple(stacked.probs))
     else:
-        stacked = blocking.stack(rows)
         dims = sizing.popularity_dims(stacked.row_probs, alpha, base_dim=dim, round_pow2=round_pow2)
         table = MDSpec(rows, dims, dim, loads=tuple(stacked.probs))
     return DLRMConfig(table, rows, n_dense, tuple(bottom), tuple(top), init_stddev, embedding_init)

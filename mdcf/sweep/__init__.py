@@ -13,6 +13,10 @@ tuned; the grid point with the best validation MSE is the cell's result.
 Results go to a CSV with one row per training run, appended atomically as runs
 finish; a rerun skips the runs already there, so a killed sweep loses at most
 the run in flight. :func:`select` picks each cell's best-validation run.
+
+The click sweep (:func:`run_ctr_sweep`, :mod:`mdcf.sweep.ctr`) compares DLRM with
+uniform tables against MD tables, one block per field, at the uniform tables'
+embedding budgets.
 """
 
 from .analysis import (
@@ -35,6 +39,8 @@ from .budget import (
     model_for_budget,
     natural_budgets,
 )
+from .ctr import (CTR_COLUMNS, CTRSweepConfig, ctr_cells, ctr_fast_mode, ctr_table, load_clicks, read_ctr_results,
+                  run_ctr_sweep)
 from .config import SweepConfig, add_device_arguments, check_dataset, fast_mode, load_dataset, mesh_from_arguments
 from .runs import COLUMNS, append_result, read_results, run_sweep
 
@@ -65,4 +71,12 @@ __all__ = [
     "ablation_runs_table",
     "markdown_sweep",
     "markdown_ablation",
+    "CTRSweepConfig",
+    "CTR_COLUMNS",
+    "run_ctr_sweep",
+    "read_ctr_results",
+    "load_clicks",
+    "ctr_fast_mode",
+    "ctr_cells",
+    "ctr_table",
 ]

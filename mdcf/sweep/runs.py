@@ -28,8 +28,17 @@ COLUMNS = (
 _KEY = ("dataset", "model", "budget", "alpha", "blocks", "seed", "l2", "learning_rate")
 
 
-def read_results(path, *, set_aside: bool = False) -> list[dict]:
+# Per results layout, the columns read as integers and those kept as text (the rest are floats).
+_INTS = ("budget", "params", "blocks", "base_dim", "seed", "epochs", "best_epoch")
+_TEXTS = ("dataset", "model", "user_dims", "item_dims", "status")
+
+
+def read_results(path, *, set_aside: bool = False, columns: tuple[str, ...] = COLUMNS,
+                 ints: tuple[str, ...] = _INTS, texts: tuple[str, ...] = _TEXTS) -> list[dict]:
     """The rows of a results CSV (numbers as floats/ints); ``[]`` when there is no file.
+
+    ``columns``, ``ints`` and ``texts`` describe the layout (default: the rating sweep's
+    :data:`COLUMNS`; the click sweep passes its own).
 
     A damaged row (a truncated or garbled line, a number that does not parse) raises
     ``ValueError`` naming the file and line. With ``set_aside=True`` (what
@@ -42,13 +51,13 @@ def read_results(path, *, set_aside: bool = False) -> list[dict]:
         return []
     text = path.read_text()
     reader = csv.DictReader(stdio.StringIO(text))
-    if tuple(reader.fieldnames or ()) != COLUMNS:
-        raise ValueError(f"{path}: columns {reader.fieldnames} do not match this version's {list(COLUMNS)}; "
+    if tuple(reader.fieldnames or ()) != columns:
+        raise ValueError(f"{path}: columns {reader.fieldnames} do not match this version's {list(columns)}; "
                          "use another output folder")
     rows, damaged = [], {}
     for row in reader:
         try:
-            rows.append(_parse_row(row))
+            rows.append(_parse_row(row, columns, ints, texts))
         except ValueError as err:
             if not set_aside:
                 raise ValueError(f"{path}, line {reader.line_num}: damaged row ({err}); rerun the sweep to set it "
@@ -59,14 +68,14 @@ def read_results(path, *, set_aside: bool = False) -> list[dict]:
     return rows
 
 
-def _parse_row(row: dict) -> dict:
+def _parse_row(row: dict, columns, ints, texts) -> dict:
     if None in row or any(value is None for value in row.values()):
-        raise ValueError(f"{len(COLUMNS)} fields expected, found {len(row) - (None in row)} "
+        raise ValueError(f"{len(columns)} fields expected, found {len(row) - (None in row)} "
                          f"{'and more' if None in row else 'or fewer'}")
-    for name in ("budget", "params", "blocks", "base_dim", "seed", "epochs", "best_epoch"):
+    for name in ints:
         row[name] = int(float(row[name])) if row[name] != "" else None
-    for name in COLUMNS:
-        if name not in ("dataset", "model", "user_dims", "item_dims", "status") and isinstance(row[name], str):
+    for name in columns:
+        if name not in texts and isinstance(row[name], str):
             row[name] = float(row[name]) if row[name] != "" else math.nan
     if row["dataset"] == "" or row["model"] == "" or row["status"] == "":
         raise ValueError("dataset, model or status is empty")
@@ -86,12 +95,12 @@ def _set_aside(path: Path, text: str, damaged: dict[int, str]) -> None:
                   f"{next(iter(damaged.values()))}) in {side}; their runs train again", stacklevel=3)
 
 
-def append_result(path: Path, row: dict) -> None:
-    """Append one result row (:data:`COLUMNS`) with one atomic append (:func:`mdcf.io.append_text`);
-    a missing file is created with the header first."""
+def append_result(path: Path, row: dict, columns: tuple[str, ...] = COLUMNS) -> None:
+    """Append one result row (``columns``, default :data:`COLUMNS`) with one atomic append
+    (:func:`mdcf.io.append_text`); a missing file is created with the header first."""
     header, line = stdio.StringIO(), stdio.StringIO()
-    csv.DictWriter(header, fieldnames=COLUMNS, lineterminator="\n").writeheader()
-    csv.DictWriter(line, fieldnames=COLUMNS, lineterminator="\n").writerow({k: row.get(k, "") for k in COLUMNS})
+    csv.DictWriter(header, fieldnames=columns, lineterminator="\n").writeheader()
+    csv.DictWriter(line, fieldnames=columns, lineterminator="\n").writerow({k: row.get(k, "") for k in columns})
     io.append_text(path, line.getvalue(), header=header.getvalue())
 
 

@@ -1,0 +1,225 @@
+"""The click-prediction sweep: DLRM with uniform tables against MD tables at equal embedding budgets.
+
+One *cell* is (budget, method, alpha, seed). The budgets are those of uniform
+tables of dimension ``d`` (``d`` times the stacked rows of all fields); at each,
+``uniform`` is that table (base dimension ``d``) and ``md`` is an MD table with
+one block per field, base dimension ``base_dim``, dimensions from the popularity
+rule at temperature ``alpha`` scaled to the same budget (projections counted,
+within 1% below it; :func:`mdcf.models.dlrm.dlrm_config`). Every run trains
+with ``fit``'s click defaults (the MD paper's Amsgrad, learning rate 1e-3,
+batch 4,096) for the configured epochs, keeps the best validation epoch, and is
+scored on the test part. The data split is fixed; seeds vary the initial
+parameters and the shuffles.
+
+Results go to ``results.csv`` (one row per run, appended atomically); a rerun
+skips the runs already there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from .. import data, embeddings, io, models, train
+from ..models import dlrm
+from .runs import append_result, read_results
+
+__all__ = ["CTRSweepConfig", "CTR_COLUMNS", "run_ctr_sweep", "read_ctr_results", "load_clicks", "ctr_fast_mode",
+           "ctr_cells", "ctr_table"]
+
+CTR_COLUMNS = (
+    "dataset", "model", "method", "budget_dim", "budget", "embedding_params", "params", "alpha", "base_dim", "dims",
+    "seed", "learning_rate", "train_logloss", "val_logloss", "val_auc", "test_logloss", "test_accuracy", "test_auc",
+    "epochs", "best_epoch", "train_seconds", "seconds", "status",
+)
+_INTS = ("budget_dim", "budget", "embedding_params", "params", "base_dim", "seed", "epochs", "best_epoch")
+_TEXTS = ("dataset", "model", "method", "dims", "status")
+_KEY = ("dataset", "method", "budget_dim", "alpha", "seed")
+
+
+@dataclass(frozen=True)
+class CTRSweepConfig:
+    """Settings of a click-prediction sweep (JSON round-trip).
+
+    Attributes:
+      dataset: ``"synthetic"`` (:func:`mdcf.data.synthetic_ctr`) or the path of a
+        Criteo-format file (:func:`mdcf.data.load_criteo`, the Kaggle day split).
+      examples, cap, data_seed: the synthetic set's size, cardinality cap per field
+        (None: the full Kaggle cardinalities) and seed.
+      threshold: a real file's frequency threshold (rarer categories share a row).
+      dims: the uniform dimensions whose table sizes are the budgets.
+      alphas: MD temperatures (> 0) run at every budget.
+      seeds: seeds of the initial parameters and shuffles.
+      base_dim: the MD layers' output dimension ``d0``.
+      epochs, batch_size, learning_rate: training (``fit``'s click defaults otherwise).
+      bottom, top: hidden sizes of DLRM's MLPs.
+    """
+
+    dataset: str = "synthetic"
+    examples: int = 2_000_000
+    cap: int | None = 200_000
+    data_seed: int = 0
+    threshold: int = 0
+    dims: tuple[int, ...] = (2, 4, 8, 16, 32)
+    alphas: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    base_dim: int = 32
+    epochs: int = 1
+    batch_size: int = 4096
+    learning_rate: float = 1e-3
+    bottom: tuple[int, ...] = (512, 256, 64)
+    top: tuple[int, ...] = (512, 256)
+
+    def __post_init__(self):
+        for name in ("dims", "alphas", "seeds", "bottom", "top"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.dims or min(self.dims) < 1:
+            raise ValueError(f"dims must be positive dimensions, got {self.dims}")
+        if any(not a > 0 for a in self.alphas):
+            raise ValueError(f"alphas must be > 0 (alpha 0 is the uniform run at each budget), got {self.alphas}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+
+def ctr_fast_mode(config: CTRSweepConfig) -> CTRSweepConfig:
+    """A tiny version of ``config`` for tests and notebooks: a small synthetic set, two
+    budgets, one alpha, one seed, small MLPs and one epoch (a smoke run: too small to
+    tell the methods apart)."""
+    return CTRSweepConfig(dataset="synthetic", examples=4_000, cap=100, data_seed=config.data_seed,
+                          dims=(2, 8), alphas=(0.4,), seeds=(0,), base_dim=16, epochs=1, batch_size=512,
+                          learning_rate=3e-3, bottom=(16,), top=(16,))
+
+
+def load_clicks(config: CTRSweepConfig) -> data.CTRSplit:
+    """The sweep's training, validation and test parts."""
+    if config.dataset == "synthetic":
+        examples, _ = data.synthetic_ctr(config.examples, cap=config.cap, seed=config.data_seed)
+        return data.split_ctr(examples, "random", seed=config.data_seed)
+    return data.load_criteo(config.dataset, threshold=config.threshold, split="day")
+
+
+def read_ctr_results(path, *, set_aside: bool = False) -> list[dict]:
+    """The rows of a click sweep's ``results.csv`` (:data:`CTR_COLUMNS`)."""
+    return read_results(path, set_aside=set_aside, columns=CTR_COLUMNS, ints=_INTS, texts=_TEXTS)
+
+
+def _key(row: dict) -> tuple:
+    return tuple(str(row[k]) if k in ("dataset", "method") else float(row[k]) for k in _KEY)
+
+
+def _config_for(config: CTRSweepConfig, field_rows, method: str, dim: int, alpha: float):
+    layers = dict(bottom=config.bottom, top=config.top)
+    if method == "uniform":
+        return dlrm.dlrm_config(field_rows, dim=dim, **layers)
+    return dlrm.dlrm_config(field_rows, dim=config.base_dim, alpha=alpha, budget=dim * sum(field_rows), **layers)
+
+
+def _train_one(model, parts: data.CTRSplit, config: CTRSweepConfig, seed: int) -> dict:
+    started = time.perf_counter()
+    result = train.fit(model, parts.train, parts.validation, epochs=config.epochs, batch_size=config.batch_size,
+                       learning_rate=config.learning_rate, seed=seed, progress=False)
+    test = train.evaluate(model, result.params, parts.test)
+    best = result.history[result.best_epoch - 1]
+    return {
+        "embedding_params": embeddings.num_params(model.table), "params": models.num_params(model),
+        "base_dim": model.dim, "dims": "-".join(str(d) for d in model.table.dims),
+        "train_logloss": result.history[-1]["train_logloss"], "val_logloss": best["val_logloss"],
+        "val_auc": best["val_auc"], "test_logloss": test["logloss"], "test_accuracy": test["accuracy"],
+        "test_auc": test["auc"], "epochs": len(result.history), "best_epoch": result.best_epoch,
+        "train_seconds": round(sum(h["seconds"] for h in result.history), 3),
+        "seconds": round(time.perf_counter() - started, 2), "status": "ok",
+    }
+
+
+def run_ctr_sweep(config: CTRSweepConfig, out_dir, *, parts: data.CTRSplit | None = None, progress: bool = True,
+                  log=print) -> list[dict]:
+    """Run (or resume) a click sweep; returns all result rows, earlier ones included.
+
+    Writes ``config.json`` and ``results.csv`` in ``out_dir``; a folder holding finished
+    runs of other settings is refused. A diverged run is recorded with status
+    ``diverged``, an unreachable budget with ``infeasible``; the sweep goes on.
+    """
+    out_dir = Path(out_dir)
+    with io.folder_lock(out_dir, "this sweep folder"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config_path, results_path = out_dir / "config.json", out_dir / "results.csv"
+        previous = read_ctr_results(results_path, set_aside=True)
+        if previous and config_path.is_file() and config_path.read_text() != config.to_json():
+            raise ValueError(f"{config_path} holds a sweep with other settings; results would not be comparable: "
+                             "use another output folder")
+        parts = load_clicks(config) if parts is None else parts
+        with io.atomic_write(config_path, "w") as f:
+            f.write(config.to_json())
+        done = {_key(r) for r in previous}
+        cells = [(seed, dim, method, alpha) for seed in config.seeds for dim in config.dims
+                 for method, alpha in [("uniform", 0.0)] + [("md", a) for a in config.alphas]]
+        name = "synthetic" if config.dataset == "synthetic" else Path(config.dataset).name
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(cells), desc=f"ctr sweep {name}", unit="run")
+        with bar if bar is not None else contextlib.nullcontext():
+            for seed, dim, method, alpha in cells:
+                row = {"dataset": name, "model": "dlrm", "method": method, "budget_dim": dim,
+                       "budget": dim * sum(parts.field_rows), "alpha": alpha, "seed": seed,
+                       "learning_rate": config.learning_rate}
+                if _key(row) not in done:
+                    try:
+                        model = _config_for(config, parts.field_rows, method, dim, alpha)
+                    except ValueError as err:
+                        row["status"] = f"infeasible: {err}"[:300]
+                    else:
+                        try:
+                            row.update(_train_one(model, parts, config, seed))
+                        except train.TrainingDivergedError as err:
+                            row["status"] = f"diverged: {err}"[:300]
+                            log(f"{method} d={dim} alpha={alpha:g} seed={seed}: {err}")
+                    append_result(results_path, row, CTR_COLUMNS)
+                    jax.clear_caches()  # each model compiles its own functions
+                if bar is not None:
+                    bar.update(1)
+        return read_ctr_results(results_path)
+
+
+def _finished(rows) -> list[dict]:
+    return [r for r in rows if r["status"] == "ok"]
+
+
+def ctr_cells(rows) -> dict[tuple, list[dict]]:
+    """Finished runs grouped by cell ``(budget_dim, method, alpha)``, in order."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in sorted(_finished(rows), key=lambda r: (r["budget_dim"], r["method"] != "uniform", r["alpha"], r["seed"])):
+        cells.setdefault((r["budget_dim"], r["method"], r["alpha"]), []).append(r)
+    return cells
+
+
+def ctr_table(rows) -> str:
+    """A markdown table: per cell the embedding parameters, test logloss, accuracy and AUC
+    (mean +- std over seeds), and the accuracy difference to uniform at the same budget,
+    paired by seed (mean +- std; n pairs)."""
+    cells = ctr_cells(rows)
+    uniform = {(r["budget_dim"], r["seed"]): r for r in _finished(rows) if r["method"] == "uniform"}
+    lines = ["| budget (uniform d) | method | alpha | embedding params | test logloss | test accuracy | test AUC "
+             "| accuracy - uniform (paired) | train s |", "|" + "---|" * 9]
+
+    def spread(values, digits=4):
+        values = np.asarray(values, float)
+        return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
+
+    for (dim, method, alpha), runs in cells.items():
+        pairs = [r["test_accuracy"] - uniform[(dim, r["seed"])]["test_accuracy"] for r in runs
+                 if method != "uniform" and (dim, r["seed"]) in uniform]
+        paired = f"{spread(pairs)} (n={len(pairs)})" if pairs else ""
+        lines.append(f"| {dim} | {method} | {alpha:g} | {int(np.mean([r['embedding_params'] for r in runs])):,} | "
+                     f"{spread([r['test_logloss'] for r in runs])} | {spread([r['test_accuracy'] for r in runs])} | "
+                     f"{spread([r['test_auc'] for r in runs])} | {paired} | "
+                     f"{np.mean([r['train_seconds'] for r in runs]):.1f} |")
+    return "\n".join(lines)
