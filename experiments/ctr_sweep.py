@@ -5,9 +5,13 @@ MD tables with base dimension 32 and temperatures 0.1-0.4 get the same number of
 embedding parameters (projections counted, within 1% below). Every run trains with
 the MD paper's settings (Amsgrad, learning rate 1e-3, batch 4,096, one epoch),
 keeps its best validation epoch and is scored on the test part. Writes
-``results.csv`` (one row per run; resumable), ``config.json`` and the figure
-``ctr_curves.png/.pdf`` to the output folder, and prints a table with each MD
-cell's accuracy difference to uniform at the same budget, paired by seed.
+``results.csv`` (one row per run; resumable), ``config.json`` and the figures
+``ctr_curves.png/.pdf`` (test metrics against embedding parameters) and
+``ctr_learning_curves.png/.pdf`` (training logloss along training at the smallest
+budget) to the output folder, and prints a table with each MD cell's accuracy
+difference to uniform at the same budget, paired by seed. The paper's control,
+blocks cut by frequency across all fields (``md-frequency``), runs beside each MD
+cell (``--no-control`` to skip it).
 
 Examples::
 
@@ -37,11 +41,13 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=int, default=defaults.threshold, help="frequency threshold of a file")
     parser.add_argument("--examples", type=int, default=defaults.examples, help="synthetic examples")
     parser.add_argument("--cap", type=int, default=defaults.cap, help="synthetic cardinality cap per field")
+    parser.add_argument("--fields", type=int, default=defaults.fields, help="synthetic fields (Kaggle's first)")
     parser.add_argument("--dims", type=int, nargs="+", default=list(defaults.dims),
                         help="uniform dimensions whose table sizes are the budgets")
     parser.add_argument("--alphas", type=float, nargs="+", default=list(defaults.alphas))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
     parser.add_argument("--base-dim", type=int, default=defaults.base_dim, help="MD output dimension d0")
+    parser.add_argument("--no-control", action="store_true", help="skip the frequency-blocked control")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
@@ -55,8 +61,10 @@ def main(argv=None) -> int:
     args = parse(argv)
     try:
         config = sweep.CTRSweepConfig(
-            dataset=args.data or "synthetic", examples=args.examples, cap=args.cap, threshold=args.threshold,
+            dataset=args.data or "synthetic", examples=args.examples, cap=args.cap, fields=args.fields,
+            threshold=args.threshold,
             dims=tuple(args.dims), alphas=tuple(args.alphas), seeds=tuple(args.seeds), base_dim=args.base_dim,
+            control=not args.no_control,
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     except ValueError as err:
         print(f"ctr_sweep.py: error: {err}", file=sys.stderr)
@@ -83,7 +91,10 @@ def main(argv=None) -> int:
         print(f"\nresults: {out / 'results.csv'}\nno finished run to plot")
         return 0
     paths = plots.save(plots.ctr_curves(rows, title=f"DLRM on {name}: uniform against MD tables"), out / "ctr_curves")
-    print(f"\nresults: {out / 'results.csv'}\nplot:    {paths[0]} (and .pdf)")
+    smallest = min(key[0] for key in sweep.ctr_cells(rows))
+    curves = plots.save(plots.ctr_learning_curves(rows, smallest, title=f"{name}: training at the budget of d = "
+                                                  f"{smallest}"), out / "ctr_learning_curves")
+    print(f"\nresults: {out / 'results.csv'}\nplot:    {paths[0]} and {curves[0]} (and .pdf)")
     return 0
 
 

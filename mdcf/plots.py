@@ -16,7 +16,7 @@ from . import io
 from .sweep.analysis import select
 from .sweep.ctr import ctr_cells
 
-__all__ = ["budget_curves", "alpha_ablation", "block_dims", "frequency_curve", "ctr_curves", "save"]
+__all__ = ["budget_curves", "alpha_ablation", "block_dims", "frequency_curve", "ctr_curves", "ctr_learning_curves", "save"]
 
 
 def _axes(ax=None, size=(6.0, 4.0)):
@@ -164,8 +164,10 @@ def ctr_curves(rows, metrics: Sequence[str] = ("test_accuracy", "test_logloss"),
             keys = sorted(k for k in cells if k[1:] == (method, alpha))
             params = [np.mean([r["embedding_params"] for r in cells[k]]) for k in keys]
             values = [[r[metric] for r in cells[k]] for k in keys]
-            style = dict(color="black", linestyle="--", marker="s") if method == "uniform" else dict(marker="o")
-            label = "uniform" if method == "uniform" else f"MD, alpha = {alpha:g}"
+            style = dict(color="black", linestyle="--", marker="s") if method == "uniform" else \
+                dict(marker="o" if method == "md" else "^", linestyle="-" if method == "md" else ":")
+            label = {"uniform": "uniform", "md": f"MD per field, alpha = {alpha:g}"}.get(
+                method, f"MD by frequency, alpha = {alpha:g}")
             ax.errorbar(params, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], capsize=3,
                         label=label, **style)
         ax.set_xscale("log")
@@ -175,4 +177,31 @@ def ctr_curves(rows, metrics: Sequence[str] = ("test_accuracy", "test_logloss"),
     axes[0].legend()
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def ctr_learning_curves(rows, budget_dim: int, ax=None, title: str | None = None):
+    """Training logloss along training (the click sweep's ``train_curve``: the mean over
+    each sixteenth of every epoch) at one budget, one curve per method and alpha, mean
+    over seeds."""
+    cells = {key: runs for key, runs in ctr_cells(rows).items() if key[0] == budget_dim}
+    if not cells:
+        raise ValueError(f"ctr_learning_curves: no finished run at budget d = {budget_dim}")
+    fig, ax = _axes(ax)
+    for (_, method, alpha), runs in cells.items():
+        curves = [np.array(r["train_curve"].split(), float) for r in runs if r.get("train_curve")]
+        if not curves:
+            continue
+        curve = np.mean([c[: min(map(len, curves))] for c in curves], axis=0)
+        epochs = runs[0]["epochs"]
+        x = (np.arange(len(curve)) + 0.5) * epochs / len(curve)
+        label = {"uniform": f"uniform d = {budget_dim}", "md": f"MD per field, alpha = {alpha:g}"}.get(
+            method, f"MD by frequency, alpha = {alpha:g}")
+        ax.plot(x, curve, label=label, **(dict(color="black", linestyle="--") if method == "uniform" else {}))
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("train logloss")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
     return fig

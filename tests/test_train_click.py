@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mdcf import checkpoint, data, metrics, models, train
+from mdcf import checkpoint, data, embeddings, metrics, models, train
 from mdcf.models import dlrm
 
 FIELDS = (37, 11, 5, 3)
@@ -83,7 +83,6 @@ def test_l2_penalises_every_field_vector():
     state = train.init_state(jax.random.key(0), config, opt)
     _, m = train.make_train_step(config, opt, l2=0.7)(state, batch)
     layer = models.layer_params(state.params, "fields", config.table)
-    from mdcf import embeddings
     vectors = np.asarray(embeddings.lookup(layer, config.table, batch["rows"]))  # [B, F, d0]
     penalty = np.mean(np.sum(vectors.astype(np.float64) ** 2, axis=(1, 2)))
     np.testing.assert_allclose(float(m["loss"]) - float(m["logloss"]), 0.7 * penalty, rtol=1e-4)
@@ -243,3 +242,30 @@ def test_pack_rejects_what_it_cannot_hold():
         train.pack({"a": np.arange(3), "b": np.arange(4)})
     with pytest.raises(TypeError, match="must hold numbers"):
         train.pack({"a": np.array(["x", "y"])})
+
+
+def test_frequency_blocked_control_trains_checkpoints_and_maps_rows(clicks, tmp_path):
+    """The paper's control: blocks cut by frequency across all fields; rows go through the map."""
+    split, _ = clicks
+    model = dlrm.frequency_blocked(split.field_rows, split.counts, blocks=4, dim=8, alpha=0.3,
+                                   budget=4 * sum(split.field_rows), bottom=(8,), top=(8,))
+    table = model.config.table
+    budget = 4 * sum(split.field_rows)
+    assert table.n_blocks == 4 and 0.99 * budget <= embeddings.num_params(table) <= budget
+    stacked = np.concatenate(split.counts)
+    ordered = stacked[np.argsort(model.rows)]  # counts in table order: non-increasing
+    assert np.all(np.diff(ordered) <= 0)
+    encoded = models.encode(model, split.test)
+    np.testing.assert_array_equal(encoded["rows"], model.rows[dlrm.field_rows_to_stacked(split.test.categorical,
+                                                                                         model.config)])
+    path = str(tmp_path / "control.ckpt")
+    kwargs = dict(epochs=2, batch_size=512, progress=False, sparse=True)
+    result = train.fit(model, split.train, split.validation, checkpoint=path, **kwargs)
+    assert result.model is model and train.evaluate(model, result.params, split.test)["n"] == len(split.test)
+    saved = checkpoint.load(path, model=model)
+    assert isinstance(saved.model, dlrm.CTRModel) and np.array_equal(saved.model.rows, model.rows)
+    shuffled = dlrm.CTRModel(model.config, np.roll(model.rows, 1))
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="block order"):
+        checkpoint.load(path, model=shuffled)
+    with pytest.raises(ValueError, match="permutation"):
+        dlrm.CTRModel(model.config, np.zeros(table.n_rows, np.int32))

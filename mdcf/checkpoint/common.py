@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import models, sharding
 from ..io import CorruptFileError
-from ..models import Model
+from ..models import Model, dlrm
 from ..train.state import TrainState, init_state
 
 __all__ = ["CheckpointMismatchError", "Checkpoint", "model_differences"]
@@ -52,7 +52,18 @@ class Checkpoint(NamedTuple):
     meta: dict
 
 
-MODEL_ARRAYS = ("model/user_ids", "model/item_ids", "model/user_rows", "model/item_rows")
+# Per kind of row maps a model carries (header "id_maps"), the arrays that hold them.
+MODEL_ARRAYS = {"users_items": ("model/user_ids", "model/item_ids", "model/user_rows", "model/item_rows"),
+                "stacked_rows": ("model/stacked_rows",)}
+
+
+def maps_kind(model) -> str | None:
+    """Which row maps ``model`` carries: ``"users_items"`` (a rating
+    :class:`~mdcf.models.Model`), ``"stacked_rows"`` (a :class:`~mdcf.models.dlrm.CTRModel`)
+    or None (a bare config)."""
+    if isinstance(model, Model):
+        return "users_items"
+    return "stacked_rows" if isinstance(model, dlrm.CTRModel) else None
 
 
 def model_differences(saved, model) -> list[str]:
@@ -67,9 +78,12 @@ def model_differences(saved, model) -> list[str]:
         elif a.get(key) != b.get(key):
             out.append(f"{key}: saved {short(a.get(key))}, now {short(b.get(key))}")
     out.sort()
-    if not (isinstance(saved, Model) and isinstance(model, Model)):
-        if isinstance(saved, Model) != isinstance(model, Model):
-            out.append("id maps: one model has them, the other not")
+    if maps_kind(saved) != maps_kind(model):
+        out.append(f"row maps: saved {maps_kind(saved) or 'none'}, now {maps_kind(model) or 'none'}")
+        return out
+    if isinstance(saved, dlrm.CTRModel) and not np.array_equal(saved.rows, model.rows):
+        out.append("stacked rows' block order (a model built from other counts)")
+    if not isinstance(saved, Model):
         return out
     for side in ("user", "item"):
         same = all(np.array_equal(getattr(saved, f"{side}_{kind}"), getattr(model, f"{side}_{kind}"))
@@ -90,7 +104,9 @@ def ids_array(ids: np.ndarray) -> np.ndarray:
 
 
 def model_arrays(model) -> dict[str, np.ndarray]:
-    """The model's id maps, by their names in a checkpoint (none for a bare config, e.g. DLRM)."""
+    """The model's row maps, by their names in a checkpoint (none for a bare config)."""
+    if isinstance(model, dlrm.CTRModel):
+        return {"model/stacked_rows": np.asarray(model.rows)}
     if not isinstance(model, Model):
         return {}
     return {
@@ -108,7 +124,7 @@ def make_header(model, state_or_params, best_params, meta: Mapping[str, Any] | N
     return {
         "checkpoint_version": CHECKPOINT_VERSION,
         "config": models.config_of(model).to_dict(),
-        "id_maps": bound,
+        "id_maps": maps_kind(model),
         "scale": None if not bound or model.scale is None else list(model.scale),
         "global_mean": model.global_mean if bound else 0.0,
         "has_state": has_state,
@@ -119,13 +135,16 @@ def make_header(model, state_or_params, best_params, meta: Mapping[str, Any] | N
 
 
 def saved_model(path: Path, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray], model):
-    """The model a checkpoint holds (a :class:`~mdcf.models.Model`, or a bare config when it
-    was saved without id maps), checked for completeness and (if given) against ``model``."""
+    """The model a checkpoint holds (a :class:`~mdcf.models.Model`, a
+    :class:`~mdcf.models.dlrm.CTRModel`, or a bare config when it was saved without row
+    maps), checked for completeness and (if given) against ``model``."""
     if header.get("checkpoint_version") != CHECKPOINT_VERSION or "config" not in header:
         raise CorruptFileError(path, "not an mdcf checkpoint (or written by an incompatible version)")
-    bound = header.get("id_maps", True)
+    maps = header.get("id_maps", "users_items")  # checkpoints before other families: rating models
+    if maps is not None and maps not in MODEL_ARRAYS:
+        raise CorruptFileError(path, f"unknown row maps {maps!r}; written by a newer version of mdcf?")
     missing = [name for name in ("scale", "global_mean") if name not in header]
-    missing += [name for name in MODEL_ARRAYS if bound and name not in arrays]
+    missing += [name for name in MODEL_ARRAYS.get(maps, ()) if name not in arrays]
     if missing:
         raise CorruptFileError(path, f"the checkpoint has no member {missing[0]!r}; it is damaged or was not "
                                      "written by mdcf.checkpoint.save")
@@ -133,11 +152,14 @@ def saved_model(path: Path, header: Mapping[str, Any], arrays: Mapping[str, np.n
         config = models.config_from_dict(header["config"])
     except (KeyError, TypeError, ValueError) as err:
         raise CorruptFileError(path, f"the saved model structure cannot be read: {err}") from None
-    saved = config if not bound else Model(
-        config, arrays["model/user_ids"], arrays["model/item_ids"],
-        arrays["model/user_rows"], arrays["model/item_rows"],
-        None if header["scale"] is None else tuple(header["scale"]), header["global_mean"],
-    )
+    if maps == "users_items":
+        saved = Model(config, arrays["model/user_ids"], arrays["model/item_ids"],
+                      arrays["model/user_rows"], arrays["model/item_rows"],
+                      None if header["scale"] is None else tuple(header["scale"]), header["global_mean"])
+    elif maps == "stacked_rows":
+        saved = dlrm.CTRModel(config, arrays["model/stacked_rows"])
+    else:
+        saved = config
     if model is not None:
         differences = model_differences(saved, model)
         if differences:

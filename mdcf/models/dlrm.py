@@ -37,7 +37,7 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -48,7 +48,7 @@ from .. import blocking, embeddings, sizing
 from ..embeddings import MDSpec
 from .task import CLICK, Task, binary_cross_entropy
 
-__all__ = ["DLRMConfig", "dlrm_config", "init", "apply", "forward", "predict_proba", "num_params",
+__all__ = ["DLRMConfig", "dlrm_config", "CTRModel", "frequency_blocked", "init", "apply", "forward", "predict_proba", "num_params",
            "interaction_pairs", "field_rows_to_stacked", "encode", "bce_loss", "EMBEDDING_INITS"]
 
 EMBEDDING_INITS = ("xavier", "normal")
@@ -209,6 +209,57 @@ def dlrm_config(field_rows, *, dim: int = 16, alpha: float = 0.0, budget: int | 
     return DLRMConfig(table, rows, n_dense, tuple(bottom), tuple(top), init_stddev, embedding_init)
 
 
+@dataclass(frozen=True, eq=False)
+class CTRModel:
+    """A :class:`DLRMConfig` whose table is not in stacked order: the config plus the
+    block-ordered row of every stacked code (as a rating :class:`~mdcf.models.Model`
+    carries its id maps). Built by :func:`frequency_blocked`; it trains, evaluates and
+    checkpoints wherever a config does.
+
+    Attributes:
+      config: the static structure; its table's rows are in block order.
+      rows: int32 ``[n_rows]``, ``rows[offsets[f] + code]`` is the table row of field
+        ``f``'s ``code``.
+    """
+
+    config: DLRMConfig
+    rows: np.ndarray = field(repr=False)
+
+    def __post_init__(self):
+        rows = np.asarray(self.rows, np.int32)
+        n = self.config.table.n_rows
+        if rows.shape != (n,) or not np.array_equal(np.sort(rows), np.arange(n)):
+            raise ValueError(f"CTRModel: rows must be a permutation of the table's {n} rows, got shape {rows.shape}")
+        object.__setattr__(self, "rows", rows)
+
+
+def frequency_blocked(field_rows, counts, *, blocks: int, dim: int = 16, alpha: float = 0.3,
+                      budget: int | None = None, round_pow2: bool = False, **layers) -> CTRModel:
+    """The MD paper's control for CTR: rows of all fields stacked, sorted by training
+    frequency and cut into ``blocks`` blocks of equal popularity mass
+    (:func:`mdcf.blocking.equipartition`), instead of one block per field; dimensions
+    by the popularity rule (scaled to ``budget`` when given, as in :func:`dlrm_config`).
+
+    Args:
+      field_rows: rows of each field.
+      counts: per field, the training occurrences of each code (``CTRData.counts``).
+      blocks, dim, alpha, budget, round_pow2: the blocking and sizing.
+      layers: the rest of :class:`DLRMConfig` (``n_dense``, ``bottom``, ``top``, ...).
+    """
+    rows = tuple(int(r) for r in field_rows)
+    if len(counts) != len(rows) or any(len(c) != r for c, r in zip(counts, rows)):
+        raise ValueError(f"counts must hold one array per field of its rows ({rows[:4]}...), got "
+                         f"{[len(c) for c in counts][:4]}...")
+    cut = blocking.equipartition(np.concatenate([np.asarray(c, np.float64) for c in counts]), blocks)
+    if budget is None:
+        table = MDSpec(cut.sizes, sizing.popularity_dims(cut.row_probs, alpha, base_dim=dim, round_pow2=round_pow2),
+                       dim)
+    else:
+        table = sizing.solve_budget(int(budget), cut.sizes, cut.row_probs, dim, alpha, round_pow2=round_pow2)
+    table = table.with_loads(tuple(cut.probs)) if table.n_blocks > 1 else table
+    return CTRModel(DLRMConfig(table, rows, **layers), cut.position.astype(np.int32))
+
+
 def field_rows_to_stacked(categorical, config: DLRMConfig) -> np.ndarray:
     """Per-field codes ``[B, F]`` to stacked table rows (``offsets[f] + code``), int32.
     Codes outside a field's rows raise ``ValueError`` naming the field."""
@@ -303,16 +354,20 @@ def apply(params: dict, config: DLRMConfig, dense, rows, capacity: int | str | N
     return forward(params["dense"], config, {"fields": vectors}, {}, {"dense": dense})
 
 
-def encode(config: DLRMConfig, data) -> dict[str, np.ndarray]:
-    """A batch dict ``{"rows": [n, F] int32 stacked rows, "dense": [n, n_dense] float32,
-    "labels": [n] float32}`` of :class:`~mdcf.data.CTRData` whose fields match the config's."""
+def encode(model, data) -> dict[str, np.ndarray]:
+    """A batch dict ``{"rows": [n, F] int32 table rows, "dense": [n, n_dense] float32,
+    "labels": [n] float32}`` of :class:`~mdcf.data.CTRData` whose fields match the model's
+    (a :class:`DLRMConfig`: stacked rows; a :class:`CTRModel`: its block-ordered rows)."""
+    config = model.config if isinstance(model, CTRModel) else model
     if tuple(data.field_rows) != config.field_rows or data.n_dense != config.n_dense:
         raise ValueError(f"{data.name}: {data.n_fields} fields of {tuple(data.field_rows)[:4]}... rows and "
                          f"{data.n_dense} dense features, the model has {config.n_fields} fields of "
                          f"{config.field_rows[:4]}... rows and {config.n_dense} dense features: build the "
                          "model from this data's field_rows")
-    return {"rows": field_rows_to_stacked(data.categorical, config),
-            "dense": np.asarray(data.dense, np.float32), "labels": np.asarray(data.labels, np.float32)}
+    rows = field_rows_to_stacked(data.categorical, config)
+    if isinstance(model, CTRModel):
+        rows = model.rows[rows]
+    return {"rows": rows, "dense": np.asarray(data.dense, np.float32), "labels": np.asarray(data.labels, np.float32)}
 
 
 def predict_proba(params: dict, config: DLRMConfig, dense, rows) -> jax.Array:

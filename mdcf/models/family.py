@@ -26,7 +26,7 @@ from .config import ModelConfig
 from .dlrm import DLRMConfig
 from .model import Model
 
-__all__ = ["Family", "FAMILIES", "family", "init", "forward", "outputs", "value_tables", "num_params",
+__all__ = ["Family", "FAMILIES", "BOUND", "family", "init", "forward", "outputs", "value_tables", "num_params",
            "check_params", "encode", "config_from_dict", "config_of"]
 
 
@@ -68,13 +68,18 @@ def _rating_encode(model, data):
 FAMILIES: dict[type, Family] = {
     ModelConfig: Family(core.init, _rating_forward, core.num_params, _rating_encode, Ratings),
     DLRMConfig: Family(lambda key, config, offset=0.0: dlrm.init(key, config), dlrm.forward, dlrm.num_params,
-                       lambda model, data: dlrm.encode(config_of(model), data), CTRData),
+                       dlrm.encode, CTRData),
 }
 
 
+# The models that bind a config to row maps (each has ``.config``).
+BOUND = (Model, dlrm.CTRModel)
+
+
 def config_of(model):
-    """The config of a :class:`~mdcf.models.Model` (rating models bound to their id maps) or a config."""
-    return model.config if isinstance(model, Model) else model
+    """The config of a bound model (:class:`~mdcf.models.Model`: a rating model with its
+    id maps; :class:`~mdcf.models.dlrm.CTRModel`), or the config itself."""
+    return model.config if isinstance(model, BOUND) else model
 
 
 def family(config) -> Family:

@@ -48,7 +48,9 @@ class FitResult:
         ``refit``), else the best epoch's when ``restore_best``, else the last.
       state: the final train state (for resuming), the refit's when there was one.
       history: one dict per epoch: ``epoch``, ``train_loss``, ``train_<metric>``
-        (``train_mse``; ``train_logloss``), the validation metrics when validating
+        (``train_mse``; ``train_logloss``), ``train_curve`` (the mean task loss over
+        each of 16 equal parts of the epoch's steps, in order: a learning curve within
+        the epoch), the validation metrics when validating
         (``val_mse``, ``val_rmse``; ``val_logloss``, ``val_accuracy``, ``val_auc``),
         ``seconds``.
       best_epoch: the epoch whose parameters were kept (1-based), or the last;
@@ -453,6 +455,9 @@ def _in_row_order(config, encoded: dict) -> dict:
     return by_key(encoded, config.id_keys[side]) if config.id_shapes[side] == () else encoded
 
 
+# An epoch's learning curve: the mean task loss over each of this many equal parts of its steps.
+CURVE_POINTS = 16
+
 # A step's loss above this many times the divergence reference stops the run (see _epoch_logs).
 DIVERGENCE_FACTOR = 100.0
 
@@ -480,10 +485,13 @@ def _epoch_logs(task, epoch: int, losses, means, sizes, n: int, limit: float) ->
             f"{len(losses)} ({why}); lower the learning rate or raise l2"
         )
     sizes = np.asarray(sizes)
+    means = np.asarray(means)
+    parts = np.array_split(np.arange(len(means)), min(CURVE_POINTS, len(means)))
     return {
         "epoch": epoch,
         "train_loss": float(np.sum(losses * sizes) / n),
-        f"train_{task.metric}": float(np.sum(np.asarray(means) * sizes) / n),
+        f"train_{task.metric}": float(np.sum(means * sizes) / n),
+        "train_curve": [float(np.sum(means[p] * sizes[p]) / max(np.sum(sizes[p]), 1.0)) for p in parts],
     }
 
 
