@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdcf import checkpoint, data, embeddings, metrics, models, train
@@ -220,6 +220,7 @@ def test_config_round_trips_through_json_to_its_family():
         models.family("mf")
 
 
+@settings(deadline=None, max_examples=30)  # every new shape compiles the jitted unpack
 @given(st.integers(1, 30), st.integers(1, 4), st.integers(0, 2**31 - 1))
 def test_pack_round_trips_any_columns(n, width, seed):
     rng = np.random.default_rng(seed)

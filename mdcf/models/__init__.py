@@ -27,13 +27,14 @@ Example:
 
 from . import dlrm
 from .config import ModelConfig
-from .core import apply, embed, head, layer_params
+from .core import apply, embed, embed_batch, head, layer_params, value_tables
 from .family import (FAMILIES, Family, check_params, config_from_dict, config_of, encode, family, forward, init,
-                     num_params, outputs, value_tables)
+                     num_params, outputs)
 from .kinds import KINDS, REGISTRY, Kind
 from .model import Model, build_model
 from .task import CLICK, RATING, TASKS, Task
 
 __all__ = ["KINDS", "REGISTRY", "Kind", "ModelConfig", "Model", "init", "embed", "head", "apply", "num_params",
            "check_params", "layer_params", "build_model", "dlrm", "Task", "RATING", "CLICK", "TASKS", "Family",
-           "FAMILIES", "family", "forward", "outputs", "value_tables", "encode", "config_from_dict", "config_of"]
+           "FAMILIES", "family", "forward", "outputs", "embed_batch", "value_tables", "encode", "config_from_dict",
+           "config_of"]

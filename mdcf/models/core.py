@@ -22,7 +22,7 @@ from .. import embeddings
 from .config import ModelConfig
 from .kinds import REGISTRY
 
-__all__ = ["init", "layer_params", "embed", "head", "apply", "num_params"]
+__all__ = ["init", "layer_params", "value_tables", "embed_batch", "embed", "head", "apply", "num_params"]
 
 
 def init(key: jax.Array, config: ModelConfig, global_mean: float = 0.0) -> dict:
@@ -54,14 +54,30 @@ def layer_params(params: dict, name: str, spec=None):
     return embeddings.MDParams(tuple(tables), tuple(dense)) if spec is None else embeddings.join(spec, tables, dense)
 
 
-def embed(params: dict, config: ModelConfig, users: jax.Array, items: jax.Array,
-          capacity: int | str | None = "auto") -> dict[str, jax.Array]:
-    """Embedding vectors ``[B, d0]`` of every table for a batch of user and item rows.
+def value_tables(config) -> tuple[tuple[str, str], ...]:
+    """``(name, side)`` of the row tables holding one value per row (a rating model's
+    biases), for a config of any family."""
+    names = {name for name, _, _ in config.embeddings}
+    return tuple((name, side) for name, side in config.row_tables if name not in names)
+
+
+def embed_batch(params: dict, config, ids: dict, capacity: int | str | None = "auto") -> tuple[dict, dict]:
+    """``(vectors, rows)`` of a batch, for a config of any family: each embedding's vectors
+    ``[*ids[side].shape, d0]`` and each one-value-per-row table's values
+    (:func:`value_tables`) gathered with the side's ids (``{side: int rows in block order}``).
     ``capacity`` goes to :func:`mdcf.embeddings.lookup` (``None``: differentiable in
     forward mode and to any order, slower)."""
-    ids = {"user": users, "item": items}
-    return {name: embeddings.lookup(layer_params(params, name, spec), spec, ids[side], capacity)
-            for name, side, spec in config.embeddings}
+    vectors = {name: embeddings.lookup(layer_params(params, name, spec), spec, ids[side], capacity)
+               for name, side, spec in config.embeddings}
+    rows = {name: params["tables"][name][ids[side]] for name, side in value_tables(config)}
+    return vectors, rows
+
+
+def embed(params: dict, config: ModelConfig, users: jax.Array, items: jax.Array,
+          capacity: int | str | None = "auto") -> dict[str, jax.Array]:
+    """Embedding vectors ``[B, d0]`` of every table for a batch of user and item rows
+    (``capacity``: see :func:`embed_batch`)."""
+    return embed_batch(params, config, {"user": users, "item": items}, capacity)[0]
 
 
 def head(dense: dict, config: ModelConfig, vectors: dict[str, jax.Array], user_bias=None, item_bias=None) -> jax.Array:
@@ -80,12 +96,8 @@ def apply(params: dict, config: ModelConfig, users: jax.Array, items: jax.Array,
     Differentiable in ``params`` with ``jax.grad``; for forward mode (``jax.jvp``,
     ``jax.hessian``) or a gradient of a gradient, pass ``capacity=None`` (see
     :func:`mdcf.embeddings.lookup`)."""
-    vectors = embed(params, config, users, items, capacity)
-    user_bias = item_bias = None
-    if config.biases:
-        user_bias = params["tables"]["user_bias"][users]
-        item_bias = params["tables"]["item_bias"][items]
-    return head(params["dense"], config, vectors, user_bias, item_bias)
+    vectors, rows = embed_batch(params, config, {"user": users, "item": items}, capacity)
+    return head(params["dense"], config, vectors, rows.get("user_bias"), rows.get("item_bias"))
 
 
 def num_params(config: ModelConfig) -> int:

@@ -19,14 +19,13 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from .. import embeddings
 from ..data import CTRData, Ratings
 from . import core, dlrm
 from .config import ModelConfig
 from .dlrm import DLRMConfig
 from .model import Model
 
-__all__ = ["Family", "FAMILIES", "BOUND", "family", "init", "forward", "outputs", "value_tables", "num_params",
+__all__ = ["Family", "FAMILIES", "BOUND", "family", "init", "forward", "outputs", "num_params",
            "check_params", "encode", "config_from_dict", "config_of"]
 
 
@@ -102,21 +101,13 @@ def forward(dense: dict, config, vectors: dict, rows: dict, inputs: dict) -> jax
     return family(config).forward(dense, config_of(config), vectors, rows, inputs)
 
 
-def value_tables(config) -> tuple[tuple[str, str], ...]:
-    """``(name, side)`` of the row tables holding one value per row (a rating model's biases)."""
-    names = {name for name, _, _ in config_of(config).embeddings}
-    return tuple((name, side) for name, side in config_of(config).row_tables if name not in names)
-
-
 def outputs(params: dict, config, batch: dict, capacity: int | str | None = "auto") -> jax.Array:
     """Raw outputs ``[B]`` (ratings, or click logits) of a model of any family on a batch
     dict holding its id keys (rows in block order) and dense inputs
     (:func:`encode`); the family-independent form of ``apply``."""
     config = config_of(config)
     ids = {side: batch[key] for side, key in config.id_keys.items()}
-    vectors = {name: embeddings.lookup(core.layer_params(params, name, spec), spec, ids[side], capacity)
-               for name, side, spec in config.embeddings}
-    rows = {name: params["tables"][name][ids[side]] for name, side in value_tables(config)}
+    vectors, rows = core.embed_batch(params, config, ids, capacity)
     return forward(params["dense"], config, vectors, rows, {key: batch[key] for key in config.inputs})
 
 

@@ -191,7 +191,8 @@ def fit(
         squared training rating; log 2) and the first step's loss (names the epoch and step).
     """
     callbacks = tuple(callbacks)
-    defaults = models.family(model) and models.config_of(model).task.defaults  # TypeError for another object
+    models.family(model)  # TypeError for anything but a model
+    defaults = models.config_of(model).task.defaults
     epochs, batch_size, l2, optimizer_name, learning_rate = (
         defaults[key] if value is None else value for key, value in (
             ("epochs", epochs), ("batch_size", batch_size), ("l2", l2), ("optimizer_name", optimizer_name),

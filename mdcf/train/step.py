@@ -123,9 +123,7 @@ def _dense_step(config, opt: Optimizer, l2: float):
     metric = config.task.metric
 
     def loss_fn(params, ids, targets, weights, inputs, bad):
-        vectors = {name: embeddings.lookup(models.layer_params(params, name, spec), spec, ids[side])
-                   for name, side, spec in config.embeddings}
-        rows = {name: params["tables"][name][ids[side]] for name, side in models.value_tables(config)}
+        vectors, rows = models.embed_batch(params, config, ids)
         return _outputs(config, params["dense"], vectors, rows, inputs, targets, weights, bad, l2)
 
     def step(state: TrainState, batch):
