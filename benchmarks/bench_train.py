@@ -107,14 +107,15 @@ def bare_throughput(ratings, batch_size, epochs=None):
 
     from mdcf import train
 
-    # The same data layout as mdcf's epochs: one int32 [n, 3] array (user, item, rating bits).
+    # The same data layout as mdcf's epochs: one int32 [n, 3] array (user, item, rating bits), train.Packed.
     data = train.pack(train.by_user({"users": ratings.users, "items": ratings.items, "ratings": ratings.ratings}))
 
     @partial(jax.jit, donate_argnums=0)
     def run(tables, data, order):
         def body(tables, index):
             user_table, item_table = tables
-            u, i, r = train.unpack(data, index)
+            batch = train.unpack(data, index)
+            u, i, r = batch["users"], batch["items"], batch["ratings"]
             eu, ei = user_table[u], item_table[i]
             err = (jnp.sum(eu * ei, axis=-1) - r)[:, None]
             lr = 1e-3 / index.shape[0]  # SGD on the batch's mean squared error, as mdcf's steps
