@@ -49,7 +49,8 @@ class Task(NamedTuple):
         it and the first step's loss): the mean squared rating (predicting 0), or
         ``log 2`` (predicting 1/2).
       reference_name: the reference in words, for the divergence error.
-      defaults: ``fit``'s settings for this task where the caller gives none.
+      defaults: ``fit``'s settings for this task where the caller gives none (epochs,
+        batch size, optimiser, learning rate, l2, validation).
     """
 
     name: str
@@ -65,7 +66,7 @@ class Task(NamedTuple):
 RATING = Task(
     "rating", "ratings", squared_error, "mse", lambda x: x, _mean_square, "the mean squared rating",
     {"epochs": 100, "batch_size": 2048, "optimizer_name": "adam", "learning_rate": 3e-3, "l2": 0.1,
-     "validation": 0.1, "patience": 5},
+     "validation": 0.1},
 )
 
 # The MD paper's CTR runs (Ginart et al. 2019, section 4): Amsgrad, learning rate 1e-3,
@@ -74,7 +75,7 @@ CLICK = Task(
     "click", "labels", binary_cross_entropy, "logloss", jax.nn.sigmoid, lambda labels: math.log(2.0),
     "log 2 (the loss of predicting 1/2)",
     {"epochs": 1, "batch_size": 4096, "optimizer_name": "amsgrad", "learning_rate": 1e-3, "l2": 0.0,
-     "validation": None, "patience": None},
+     "validation": None},
 )
 
 TASKS = {task.name: task for task in (RATING, CLICK)}
