@@ -45,3 +45,54 @@ def test_bench_criteo_reader_tiny():
     assert re.search(r"target >= 300,000 lines/s: (met|not met)", result.stdout)
     assert re.search(r"peak memory grows [\d.]+x for 2.0x the lines", result.stdout)
     assert re.search(r"reload within 2 s: (met|not met)", result.stdout)
+
+
+def _bench_ctr():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ctr", ROOT / "benchmarks" / "bench_ctr.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_ctr_measures_equal_budgets_and_writes_dlrm_layout(tmp_path):
+    import numpy as np
+
+    from mdcf import data
+
+    bench = _bench_ctr()
+    rows = [min(r, 400) for r in data.KAGGLE_CARDINALITIES[:6]]
+    budget = 4 * sum(rows)
+    spec = {"examples": 1_500, "fields": 6, "cap": 400, "train": 1_024, "layers": ((8,), (8,)),
+            "variants": [{"dim": 4}, {"dim": 8, "alpha": 0.3, "budget": budget}], "optimizer": "amsgrad",
+            "lr": 1e-3, "batch": 256, "epochs": 1, "rounds": 2}
+    out = bench.child(spec)
+    uniform, md = out["variants"]
+    assert uniform["embedding_params"] == budget and uniform["dims"] == [4]
+    assert 0.99 * budget <= md["embedding_params"] <= budget and len(md["dims"]) > 1
+    assert out["train_examples"] == 1_024 and out["peak_mb"] > 0
+    assert all(len(v["rates"]) == 2 and min(v["rates"]) > 0 for v in out["variants"])
+
+    raw, processed = bench._write_dlrm_data(tmp_path, 700, cap=50)
+    examples, truth = data.synthetic_ctr(700, cap=50, seed=0)
+    with np.load(processed) as saved:
+        np.testing.assert_array_equal(saved["X_cat"], examples.categorical)
+        np.testing.assert_array_equal(saved["y"], examples.labels)
+        assert saved["X_int"].min() >= 0 and saved["X_int"].shape == (700, 13)
+        assert list(saved["counts"]) == list(examples.field_rows)
+    with np.load(tmp_path / "train_day_count.npz") as days:
+        assert len(days["total_per_file"]) == 7 and days["total_per_file"].sum() == 700
+    assert raw.name == "train.txt" and not raw.exists()  # named for dlrm, never read
+
+
+def test_bench_ctr_usage_errors_and_a_missing_dlrm(tmp_path):
+    script = str(ROOT / "benchmarks" / "bench_ctr.py")
+    result = subprocess.run([sys.executable, script, "--epochs", "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--epochs must be at least 1, got 0" in result.stderr
+    result = subprocess.run([sys.executable, script, "--sections", "dlrm", "--dlrm", str(tmp_path),
+                             "--dlrm-python", sys.executable], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "no dlrm_s_pytorch.py there" in result.stderr
+    result = subprocess.run([sys.executable, script, "--sections", "dlrm"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "skipped: give --dlrm PATH" in result.stdout

@@ -171,7 +171,7 @@ def test_two_processes_write_and_resume_without_gathering(tmp_path):
         assert p.returncode == 0, err[-3000:]
     report = json.loads(outs[0][0].strip().splitlines()[-1])
     assert report["table_addressable"] is False  # no process held a whole table
-    assert report["resumed_epochs"] == [1, 2, 3] and report["resumed_equal"]
+    assert report["resumed_epochs"] == [1, 2] and report["resumed_equal"]
     assert report["fingerprints"] == report["straight"]
     # This process (one device) reads what the two wrote: the same numbers.
     back = checkpoint.load(tmp_path / "run")

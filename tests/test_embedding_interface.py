@@ -21,7 +21,7 @@ from conftest import assert_params_close, run_steps
 from mdcf.embeddings import MDSpec, md_rows
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.sampled_from([8, 40, 64]), st.booleans())
 def test_md_row_members_give_lookup_vectors_and_gradients(seed, batch, padded):
     """vectors(gather(plan)) equals lookup for any batch (head, routed, whole and overflowing

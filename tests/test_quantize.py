@@ -11,7 +11,7 @@ from mdcf import embeddings
 from mdcf.embeddings import quantize as qz
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(st.integers(1, 20), st.integers(1, 9), st.sampled_from([8, 4]), st.integers(0, 2**31 - 1),
        st.floats(1e-3, 1e3))
 def test_round_trip_error_is_within_half_a_step(n, d, bits, seed, spread):
