@@ -73,6 +73,7 @@ def test_bench_ctr_measures_equal_budgets_and_writes_dlrm_layout(tmp_path):
     assert 0.99 * budget <= md["embedding_params"] <= budget and len(md["dims"]) > 1
     assert out["train_examples"] == 1_024 and out["peak_mb"] > 0
     assert all(len(v["rates"]) == 2 and min(v["rates"]) > 0 for v in out["variants"])
+    assert all(len(v["first_seconds"]) == 2 and min(v["first_seconds"]) > 0 for v in out["variants"])
 
     raw, processed = bench._write_dlrm_data(tmp_path, 700, cap=50)
     examples, truth = data.synthetic_ctr(700, cap=50, seed=0)

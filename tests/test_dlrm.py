@@ -105,3 +105,41 @@ def test_errors_and_bce():
     labels = jnp.array([1.0, 1.0, 0.0])
     assert float(dlrm.bce_loss(logits, labels)) == pytest.approx((0 + 100 + np.log(2)) / 3, rel=1e-6)
     assert float(dlrm.bce_loss(logits, labels, jnp.array([1.0, 0.0, 1.0]))) == pytest.approx(np.log(2) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_lookup_columns_equals_the_routed_lookup(batch):
+    """Per-field columns read their own blocks: the same vectors and gradients as the
+    routed lookup (small blocks projected whole and large ones by rows alike), NaN for
+    an id outside its column's block."""
+    spec = embeddings.MDSpec((40, 3, 9, 200), (2, 8, 4, 1), 8)
+    params = embeddings.init(jax.random.key(1), spec)
+    rng = np.random.default_rng(batch)
+    ids = jnp.asarray(np.stack([spec.offsets[i] + rng.integers(0, n, (batch, 2))
+                                for i, n in enumerate(spec.sizes)], axis=-1).astype(np.int32))  # [B, 2, 4]
+    got = embeddings.lookup_columns(params, spec, ids)
+    want = embeddings.lookup(params, spec, ids)
+    assert got.shape == (batch, 2, 4, 8)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    w = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
+    grad_got = jax.grad(lambda p: jnp.sum(embeddings.lookup_columns(p, spec, ids) * w))(params)
+    grad_want = jax.grad(lambda p: jnp.sum(embeddings.lookup(p, spec, ids, capacity=None) * w))(params)
+    for a, b in zip(jax.tree.leaves(grad_got), jax.tree.leaves(grad_want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    swapped = ids.at[0, 0, 0].set(ids[0, 0, 3])  # block 3's row in block 0's column
+    out = np.asarray(jax.jit(embeddings.lookup_columns, static_argnums=1)(params, spec, swapped))
+    assert np.isnan(out[0, 0, 0]).all() and np.isfinite(np.delete(out.reshape(-1, 8), 0, axis=0)).all()
+    with pytest.raises(ValueError, match=r"one column per block \(4\)"):
+        embeddings.lookup_columns(params, spec, ids[..., :3])
+
+
+def test_dlrm_with_one_block_per_field_predicts_as_the_routed_lookup(monkeypatch):
+    clicks, _ = data.synthetic_ctr(300, cardinalities=(500, 40, 7, 3), seed=2)
+    config = dlrm.dlrm_config(clicks.field_rows, dim=8, alpha=0.4, bottom=(8,), top=(8,))
+    assert config.column_sides == ("rows",)
+    params = dlrm.init(jax.random.key(0), config)
+    encoded = dlrm.encode(config, clicks)
+    columns = dlrm.apply(params, config, encoded["dense"], encoded["rows"])
+    monkeypatch.setattr(dlrm.DLRMConfig, "column_sides", property(lambda self: ()))
+    routed = dlrm.apply(params, config, encoded["dense"], encoded["rows"])
+    np.testing.assert_allclose(np.asarray(columns), np.asarray(routed), rtol=1e-5, atol=1e-6)

@@ -76,6 +76,59 @@ def test_row_sparse_step_matches_dense_step_on_dlrm(alpha):
     close(a.params, b.params, rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer, misplaced", [("sgd", False), ("amsgrad", False), ("amsgrad", True)])
+def test_column_plan_step_equals_the_routed_step(monkeypatch, optimizer, misplaced):
+    """One MD block per field: the step reads block f from column f (no routing), whole
+    blocks and row updates with repeated rows alike, and equals the routed step. Examples
+    with an id outside its field (columns swapped) are skipped and flagged by both."""
+    config = dlrm.dlrm_config((300, 11, 90, 3), dim=4, alpha=0.3, bottom=(8,), top=(8,), n_dense=13)
+    assert config.column_sides == ("rows",)
+    assert small_config(alpha=0.0).column_sides == ()  # one block: nothing to gain
+    batches = [random_batch(config, seed=seed, padding=3) for seed in range(2)]
+    for batch in batches:
+        batch["rows"][:5, 0] = batch["rows"][0, 0]  # a repeated row in a routed block
+        if misplaced:
+            batch["rows"][:6, [0, 2]] = batch["rows"][:6, [2, 0]]
+    opt = train.optimizer(optimizer, 0.05, sparse=True)
+
+    def run():
+        state = train.init_state(jax.random.key(4), config, opt)
+        step = jax.jit(train.make_train_step(config, opt, l2=0.01))
+        for batch in batches:
+            state, metrics_ = step(state, batch)
+        return state, metrics_
+
+    columns, m_columns = run()
+    monkeypatch.setattr(dlrm.DLRMConfig, "column_sides", property(lambda self: ()))
+    routed, m_routed = run()
+    close(columns.params, routed.params, rtol=1e-4, atol=1e-6)
+    close(columns.row_state, routed.row_state, rtol=1e-4, atol=1e-7)
+    if misplaced:
+        assert np.isnan(float(m_columns["loss"])) and np.isnan(float(m_routed["loss"]))
+        clean = [dict(b, weights=np.where(np.arange(48) < 6, 0, b["weights"]).astype(np.float32)) for b in batches]
+        batches[:] = clean  # the same batches with those examples as padding: the same parameters
+        unflagged, m_clean = run()
+        assert np.isfinite(float(m_clean["loss"]))
+        close(unflagged.params, routed.params, rtol=1e-4, atol=1e-6)
+    else:
+        np.testing.assert_allclose(float(m_columns["loss"]), float(m_routed["loss"]), rtol=1e-5)
+
+
+def test_a_field_out_of_its_rows_is_flagged_whatever_the_table():
+    config = small_config(alpha=0.0)  # uniform: any stacked row is a table row, but not of every field
+    batch = random_batch(config, seed=1)
+    batch["rows"][2, 1] = batch["rows"][2, 0]  # field 0's row in field 1's column
+    opt = train.optimizer("sgd", 0.1, sparse=True)
+    _, m = train.make_train_step(config, opt)(train.init_state(jax.random.key(0), config, opt), batch)
+    assert np.isnan(float(m["loss"]))
+
+
+def test_column_plan_rejects_a_wrong_width():
+    spec = embeddings.MDSpec((5, 3), (4, 2), 4)
+    with pytest.raises(ValueError, match=r"need one column per block \(2\)"):
+        embeddings.md_rows.column_plan(spec, jnp.zeros((4, 3), jnp.int32), (5, 3))
+
+
 def test_l2_penalises_every_field_vector():
     config = small_config()
     batch = random_batch(config, seed=5)

@@ -30,7 +30,7 @@ from .base import (RowSparse, Scheme, TaggedSpec, init, join, lookup, nbytes, nu
 from .hashing import HashSpec
 from .qr import QRSpec
 from .md_lookup import lookup as md_lookup
-from .md_lookup import lookup_bag, materialize
+from .md_lookup import lookup_bag, lookup_columns, materialize
 from .md import HEAD_ROWS_PER_SLOT, MDParams, MDSpec, as_rows, block_capacities, check_ids, head_blocks
 from .md import init as md_init
 from .md import nbytes as md_nbytes
@@ -47,7 +47,8 @@ register(MDSpec, Scheme(
     join=lambda tables, dense: MDParams(tuple(tables), tuple(dense)),
     row_heights=lambda spec: spec.sizes,
     rows=RowSparse(md_rows.capacities, md_rows.check_capacities, md_rows.plan, md_rows.overflow_plan,
-                   md_rows.gather, md_rows.vectors, md_rows.updated_rows),
+                   md_rows.gather, md_rows.vectors, md_rows.updated_rows, md_rows.column_plan),
+    lookup_columns=lookup_columns,
 ))
 
 register(HashSpec, hashing.SCHEME)
@@ -77,6 +78,7 @@ __all__ = [
     "quantize",
     "MDParams",
     "lookup_bag",
+    "lookup_columns",
     "materialize",
     "check_ids",
     "as_rows",

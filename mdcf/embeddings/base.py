@@ -52,6 +52,10 @@ class RowSparse(NamedTuple):
         per leaf the row ids its gradient belongs to and a kind, ``"whole"`` (the
         gradient of the whole table; ``rows[j] == j`` marks touched rows),
         ``"batch"`` (one gradient row per batch entry: the batch's ids) or ``"rows"``.
+      column_plan: optional, ``(spec, ids, heights) -> plan`` for ``[B, k]`` ids whose
+        column ``i`` lies in the layer's ``i``-th part (DLRM's fields, one MD block
+        each): a cheaper plan for ``ids.reshape(-1)``, whose ``fits`` is False when an
+        id lies elsewhere (``overflow_plan`` then gives the exact one).
     """
 
     capacities: Callable
@@ -61,6 +65,7 @@ class RowSparse(NamedTuple):
     gather: Callable
     vectors: Callable
     updated_rows: Callable
+    column_plan: Callable | None = None
 
 
 class Scheme(NamedTuple):
@@ -76,6 +81,9 @@ class Scheme(NamedTuple):
       join: ``(tables, dense) -> params``.
       row_heights: ``spec -> `` the row count of every table leaf (a pytree of ints).
       rows: the row-sparse members, or ``None`` (dense training only).
+      lookup_columns: optional, ``(params, spec, ids) -> [..., k, d0]`` for ids
+        ``[..., k]`` whose column ``i`` lies in the layer's ``i``-th part (DLRM's fields,
+        one MD block each): :attr:`lookup` without routing.
     """
 
     name: str
@@ -87,6 +95,7 @@ class Scheme(NamedTuple):
     join: Callable
     row_heights: Callable
     rows: RowSparse | None
+    lookup_columns: Callable | None = None
 
 
 def slotless_rows(plan: Callable, gather: Callable, vectors: Callable, updated_rows: Callable,

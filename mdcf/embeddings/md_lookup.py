@@ -19,7 +19,7 @@ from ._kernels import project, take_rows
 from .md import MDParams, MDSpec, as_rows, block_capacities, check_ids, head_blocks
 from .routing import Routing, assemble, head_gather, route, route_tail
 
-__all__ = ["lookup", "lookup_bag", "materialize", "projected_blocks"]
+__all__ = ["lookup", "lookup_bag", "lookup_columns", "materialize", "projected_blocks"]
 
 
 def _block_vectors(params: MDParams, block: int, rows: jax.Array, project_table: bool) -> jax.Array:
@@ -262,6 +262,26 @@ def lookup(params: MDParams, spec: MDSpec, ids, capacity: int | str | None = "au
     else:
         out = _lookup_grouped_exact(params, flat, spec, capacities)
     return out.reshape(*ids.shape, spec.base_dim)
+
+
+def lookup_columns(params: MDParams, spec: MDSpec, ids) -> jax.Array:
+    """Embeddings of ids ``[..., k]`` whose column ``i`` holds rows of block ``i`` only (k =
+    the number of blocks; DLRM's stacked fields with one block per field): block ``i``
+    gathers and projects column ``i``, with no routing. Equals :func:`lookup` on such
+    ids; an id outside its column's block gives a NaN vector. Returns ``[..., k, d0]``,
+    differentiable in every table and projection, in forward and reverse mode."""
+    ids = jnp.asarray(ids)
+    k = spec.n_blocks
+    if ids.ndim < 1 or ids.shape[-1] != k:
+        raise ValueError(f"lookup_columns: ids of shape {ids.shape} need a last axis of one column per block ({k})")
+    flat = ids.reshape(-1, k)
+    columns = []
+    for i in range(k):
+        local = flat[:, i] - spec.offsets[i]
+        valid = (local >= 0) & (local < spec.sizes[i])
+        vectors = _block_vectors(params, i, jnp.where(valid, local, 0), spec.sizes[i] <= flat.shape[0])
+        columns.append(jnp.where(valid[:, None], vectors, jnp.nan))  # NaN after the projection: finite gradients
+    return jnp.stack(columns, axis=1).reshape(*ids.shape, spec.base_dim)
 
 
 def lookup_bag(

@@ -30,6 +30,7 @@ __all__ = [
     "check_capacities",
     "head_size",
     "plan",
+    "column_plan",
     "overflow_plan",
     "gather",
     "vectors",
@@ -54,6 +55,8 @@ class RowPlan(NamedTuple):
       whole: per block, whether it is differentiated as a whole table (static).
       slots: per block, the routed rows (``None`` for the head's blocks).
       heights: per block, the table's row count (tables padded for row sharding included).
+      columns: 0, or for a :func:`column_plan` the number of columns (= blocks) of
+        the ``[B / columns, columns]`` batch.
     """
 
     ids: jax.Array
@@ -62,6 +65,7 @@ class RowPlan(NamedTuple):
     whole: tuple[bool, ...]
     slots: tuple
     heights: tuple[int, ...]
+    columns: int = 0
 
     @property
     def fits(self) -> jax.Array | None:
@@ -120,6 +124,23 @@ def plan(spec: MDSpec, ids: jax.Array, capacities_: tuple[int, ...], heights: tu
     return _plan(spec, ids, capacities_, heights, head_size(spec, capacities_))
 
 
+def column_plan(spec: MDSpec, ids: jax.Array, heights: tuple[int, ...]) -> RowPlan:
+    """Plan a batch ``ids`` ``[B, k]`` whose column ``i`` holds rows of block ``i`` only,
+    as DLRM's stacked fields with one block per field: no routing, each block reads its
+    column, and nothing can overflow (``fits`` is None). Ids outside their column's block
+    (negative ones: padding) are padding: no value, no gradient; callers skip such
+    entries (a train step flags them, ``DLRMConfig.id_bounds``). A block with no more
+    rows than the batch is differentiated whole."""
+    batch, k = ids.shape
+    if k != spec.n_blocks:
+        raise ValueError(f"column_plan: ids of shape {ids.shape} need one column per block ({spec.n_blocks})")
+    local = ids - jnp.asarray(spec.offsets[:k], ids.dtype)
+    inside = (local >= 0) & (local < jnp.asarray(spec.sizes, ids.dtype))
+    rows = tuple(jnp.where(inside[:, i], local[:, i], heights[i]) for i in range(k))
+    whole = tuple(h <= batch for h in heights)
+    return RowPlan(ids.reshape(-1), 0, Routing(rows, None, jnp.ones((), bool)), whole, rows, tuple(heights), k)
+
+
 def overflow_plan(spec: MDSpec, planned: RowPlan) -> RowPlan:
     """The same batch with a slot per batch entry in every block (the same head): exact
     whatever the batch, for a step redone after ``planned.fits`` came out False."""
@@ -141,6 +162,12 @@ def vectors(spec: MDSpec, gathered: tuple[jax.Array, ...], projections: tuple, p
                  for values, projection in zip(gathered, projections)]
     if spec.n_blocks == 1:  # one block: rows are in batch order already
         return projected[0]
+    if planned.columns:  # block i gives column i: [B, k, d0] in batch order, padding zeros
+        columns = [take_rows(values, rows, None) if entire else values
+                   for values, rows, entire in zip(projected, planned.slots, planned.whole)]
+        inside = jnp.stack([rows < height for rows, height in zip(planned.slots, planned.heights)], axis=1)
+        out = jnp.where(inside[..., None], jnp.stack(columns, axis=1), 0.0)
+        return out.reshape(-1, spec.base_dim)
     head = planned.head
     start = None
     if head:  # ids past the head, and padding (-1), read zeros

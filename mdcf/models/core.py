@@ -66,9 +66,15 @@ def embed_batch(params: dict, config, ids: dict, capacity: int | str | None = "a
     ``[*ids[side].shape, d0]`` and each one-value-per-row table's values
     (:func:`value_tables`) gathered with the side's ids (``{side: int rows in block order}``).
     ``capacity`` goes to :func:`mdcf.embeddings.lookup` (``None``: differentiable in
-    forward mode and to any order, slower)."""
-    vectors = {name: embeddings.lookup(layer_params(params, name, spec), spec, ids[side], capacity)
-               for name, side, spec in config.embeddings}
+    forward mode and to any order, slower). Sides in ``config.column_sides`` whose scheme
+    has ``lookup_columns`` (DLRM with one MD block per field) use it instead."""
+    columns = getattr(config, "column_sides", ())
+    vectors = {}
+    for name, side, spec in config.embeddings:
+        by_columns = embeddings.scheme(spec).lookup_columns if side in columns else None
+        layer = layer_params(params, name, spec)
+        vectors[name] = (by_columns(layer, spec, ids[side]) if by_columns is not None
+                         else embeddings.lookup(layer, spec, ids[side], capacity))
     rows = {name: params["tables"][name][ids[side]] for name, side in value_tables(config)}
     return vectors, rows
 

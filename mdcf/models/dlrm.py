@@ -37,7 +37,7 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -68,6 +68,9 @@ class DLRMConfig:
       init_stddev: standard deviation of initial embedding coordinates
         (``embedding_init="normal"``).
       embedding_init: ``"xavier"`` (the MD paper's) or ``"normal"``; see the module docstring.
+      row_order: ``"fields"``: field ``f``'s code ``c`` is table row ``offsets[f] + c``
+        (:func:`field_rows_to_stacked`); ``"blocks"``: the rows are permuted, as in a
+        :class:`CTRModel`'s config (its row map gives them).
     """
 
     table: Any
@@ -77,9 +80,12 @@ class DLRMConfig:
     top: tuple[int, ...] = (512, 256)
     init_stddev: float = 0.01
     embedding_init: str = "xavier"
+    row_order: str = "fields"
 
     def __post_init__(self):
         embeddings.scheme(self.table)  # a registered spec, or TypeError
+        if self.row_order not in ("fields", "blocks"):
+            raise ValueError(f"row_order must be 'fields' or 'blocks', got {self.row_order!r}")
         if self.embedding_init not in EMBEDDING_INITS:
             raise ValueError(f"embedding_init must be one of {EMBEDDING_INITS}, got {self.embedding_init!r}")
         rows = tuple(int(r) for r in self.field_rows)
@@ -135,10 +141,31 @@ class DLRMConfig:
     def row_tables(self) -> tuple[tuple[str, str], ...]:
         return (("fields", "rows"),)
 
+    @property
+    def column_sides(self) -> tuple[str, ...]:
+        """Sides whose id columns each lie in one part of the layer: ``("rows",)`` when the
+        table has one block per field, in field order (field ``f``'s rows are block ``f``),
+        so that a row-sparse step reads block ``f`` from column ``f`` without routing."""
+        sizes = getattr(self.table, "sizes", None)
+        aligned = sizes is not None and tuple(sizes) == self.field_rows
+        return ("rows",) if self.row_order == "fields" and self.n_fields > 1 and aligned else ()
+
+    @property
+    def id_bounds(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per side, the valid rows of each id column, ``(low, high)`` (``low <= id < high``):
+        field ``f``'s rows for a table in field order; empty (any table row) otherwise.
+        A train step skips, and flags with a NaN loss, examples with an id outside its field."""
+        if self.row_order != "fields":
+            return {}
+        return {"rows": (self.offsets.astype(np.int32), (self.offsets + self.field_rows).astype(np.int32))}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "dlrm", "table": self.table.to_dict(), "field_rows": list(self.field_rows),
-                "n_dense": self.n_dense, "bottom": list(self.bottom), "top": list(self.top),
-                "init_stddev": self.init_stddev, "embedding_init": self.embedding_init}
+        out = {"kind": "dlrm", "table": self.table.to_dict(), "field_rows": list(self.field_rows),
+               "n_dense": self.n_dense, "bottom": list(self.bottom), "top": list(self.top),
+               "init_stddev": self.init_stddev, "embedding_init": self.embedding_init}
+        if self.row_order != "fields":
+            out["row_order"] = self.row_order
+        return out
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> "DLRMConfig":
@@ -226,6 +253,8 @@ class CTRModel:
     rows: np.ndarray = field(repr=False)
 
     def __post_init__(self):
+        if self.config.row_order != "blocks":  # the config's rows are this map's, not stacked fields'
+            object.__setattr__(self, "config", replace(self.config, row_order="blocks"))
         rows = np.asarray(self.rows, np.int32)
         n = self.config.table.n_rows
         if rows.shape != (n,) or not np.array_equal(np.sort(rows), np.arange(n)):
@@ -350,7 +379,11 @@ def apply(params: dict, config: DLRMConfig, dense, rows, capacity: int | str | N
     """Click logits ``[B]`` from dense features ``[B, n_dense]`` and stacked rows ``[B, F]``
     (:func:`field_rows_to_stacked`). Differentiable in ``params``; jit- and vmap-safe."""
     layer = embeddings.join(config.table, params["tables"]["fields"], params["dense"]["projections"]["fields"])
-    vectors = embeddings.lookup(layer, config.table, jnp.asarray(rows), capacity)  # [B, F, d0]
+    by_columns = embeddings.scheme(config.table).lookup_columns if config.column_sides else None
+    if by_columns is not None:  # one MD block per field: each field reads its own block
+        vectors = by_columns(layer, config.table, jnp.asarray(rows))  # [B, F, d0]
+    else:
+        vectors = embeddings.lookup(layer, config.table, jnp.asarray(rows), capacity)
     return forward(params["dense"], config, {"fields": vectors}, {}, {"dense": dense})
 
 

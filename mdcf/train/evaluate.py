@@ -64,8 +64,8 @@ def predict_batch(model, params, encoded: dict, batch_size: int = 1 << 14, clip:
     for start in range(0, n, batch_size):
         chunk = {key: value[start:start + batch_size] for key, value in arrays.items()}
         size = len(chunk[keys[0]])
-        if size < batch_size:  # pad (row 0, zero inputs) to keep one compiled shape
-            chunk = {key: np.concatenate([value, np.zeros((batch_size - size, *value.shape[1:]), value.dtype)])
+        if size < batch_size:  # pad (copies of the first example) to keep one compiled shape
+            chunk = {key: np.concatenate([value, np.repeat(value[:1], batch_size - size, axis=0)])
                      for key, value in chunk.items()}
         out[start:start + size] = np.asarray(_outputs_jit(params, chunk, config=config, scale=scale))[:size]
     return out

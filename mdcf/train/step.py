@@ -59,13 +59,16 @@ def _weighted_loss(losses, weights, penalty, l2, bad=None):
 
 
 def _bad_ids(config, ids: dict, weights):
-    """``(inside, bad)``: whether all of each entry's ids lie inside their tables, and
+    """``(inside, bad)``: whether all of each entry's ids lie inside their tables (inside
+    their columns' bounds where the config gives them, ``config.id_bounds``), and
     ``[B]`` NaN for the entries of weight > 0 that do not, 0 elsewhere (see
     :func:`_weighted_loss`)."""
     n = weights.shape[0]
     inside = jnp.ones(n, bool)
+    bounds = getattr(config, "id_bounds", {})
     for side, spec in config.sides.items():
-        ok = (ids[side] >= 0) & (ids[side] < spec.n_rows)
+        low, high = bounds.get(side, (0, spec.n_rows))
+        ok = (ids[side] >= low) & (ids[side] < high)
         inside = inside & jnp.all(ok.reshape(n, -1), axis=1)
     return inside, jnp.where(inside | (weights <= 0), 0.0, jnp.nan).astype(weights.dtype)
 
@@ -131,8 +134,11 @@ def _dense_step(config, opt: Optimizer, l2: float):
         # Entries with bad ids are not skipped here (a select on the weights makes ml-100k
         # epochs about 1.1x slower): they embed as NaN, which the loss and gradients carry.
         bad = _bad_ids(config, ids, weights)[1]
-        # Padding entries (weight 0) point at row 0: finite, and they add no gradient.
-        ids = {side: _for_entries(weights, value, 0) for side, value in ids.items()}
+        # Padding entries (weight 0) point at row 0 (the first row of each column's bounds,
+        # config.id_bounds): finite, and they add no gradient.
+        bounds = getattr(config, "id_bounds", {})
+        ids = {side: _for_entries(weights, value, bounds[side][0] if side in bounds else 0)
+               for side, value in ids.items()}
         (loss, mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, ids, targets, weights, inputs, bad)
         updates, dense_state = opt.dense.update(grads, state.dense_state, state.params)
@@ -148,14 +154,22 @@ def _batch_ids(ids: dict, weights) -> dict:
     return {side: _for_entries(weights, value, -1).reshape(-1) for side, value in ids.items()}
 
 
-def _plans(config, tables: dict, ids: dict, slots: dict) -> dict:
-    """Per side, the row plan of the batch's flat ids (every table of a side shares it)."""
+def _plans(config, tables: dict, ids: dict, slots: dict, shapes: dict) -> dict:
+    """Per side, the row plan of the batch's flat ids (every table of a side shares it):
+    a column plan where the config says each id column lies in its own part of the
+    layer (``config.column_sides``, DLRM's fields) and the scheme has one."""
     first = {}
     for name, side, _ in config.embeddings:
         first.setdefault(side, name)
-    return {side: embeddings.scheme(spec).rows.plan(
-                spec, ids[side], slots[side], tuple(t.shape[0] for t in jax.tree.leaves(tables[first[side]])))
-            for side, spec in config.sides.items()}
+    plans = {}
+    for side, spec in config.sides.items():
+        rows = embeddings.scheme(spec).rows
+        heights = tuple(t.shape[0] for t in jax.tree.leaves(tables[first[side]]))
+        if side in getattr(config, "column_sides", ()) and rows.column_plan is not None:
+            plans[side] = rows.column_plan(spec, ids[side].reshape(shapes[side]), heights)
+        else:
+            plans[side] = rows.plan(spec, ids[side], slots[side], heights)
+    return plans
 
 
 def _sparse_grads(config, params, ids, shapes, targets, weights, inputs, bad, plans, l2):
@@ -246,7 +260,7 @@ def _sparse_step(config, opt: Optimizer, l2: float, capacities):
         shapes = {side: value.shape for side, value in ids.items()}
         ids = _batch_ids(ids, weights)
         plans = _plans(config, state.params["tables"], ids,
-                       capacities({side: math.prod(shape) for side, shape in shapes.items()}))
+                       capacities({side: math.prod(shape) for side, shape in shapes.items()}), shapes)
         args = (ids, shapes, targets, weights, inputs, bad)
         fits = [p.fits for p in plans.values() if p.fits is not None]
         if not fits:  # nothing routed: nothing can overflow
