@@ -54,8 +54,8 @@ class RowSparse(NamedTuple):
         ``"batch"`` (one gradient row per batch entry: the batch's ids) or ``"rows"``.
       column_plan: optional, ``(spec, ids, heights) -> plan`` for ``[B, k]`` ids whose
         column ``i`` lies in the layer's ``i``-th part (DLRM's fields, one MD block
-        each): a cheaper plan for ``ids.reshape(-1)``, whose ``fits`` is False when an
-        id lies elsewhere (``overflow_plan`` then gives the exact one).
+        each): a plan for ``ids.reshape(-1)`` with no routing, which cannot overflow;
+        ids outside their column's part are treated as padding (callers skip them).
     """
 
     capacities: Callable

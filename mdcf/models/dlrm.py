@@ -46,6 +46,7 @@ import numpy as np
 
 from .. import blocking, embeddings, sizing
 from ..embeddings import MDSpec
+from .core import embed_batch
 from .task import CLICK, Task, binary_cross_entropy
 
 __all__ = ["DLRMConfig", "dlrm_config", "CTRModel", "frequency_blocked", "init", "apply", "forward", "predict_proba", "num_params",
@@ -378,13 +379,8 @@ def forward(dense: dict, config: DLRMConfig, vectors: dict, rows: dict, inputs: 
 def apply(params: dict, config: DLRMConfig, dense, rows, capacity: int | str | None = "auto") -> jax.Array:
     """Click logits ``[B]`` from dense features ``[B, n_dense]`` and stacked rows ``[B, F]``
     (:func:`field_rows_to_stacked`). Differentiable in ``params``; jit- and vmap-safe."""
-    layer = embeddings.join(config.table, params["tables"]["fields"], params["dense"]["projections"]["fields"])
-    by_columns = embeddings.scheme(config.table).lookup_columns if config.column_sides else None
-    if by_columns is not None:  # one MD block per field: each field reads its own block
-        vectors = by_columns(layer, config.table, jnp.asarray(rows))  # [B, F, d0]
-    else:
-        vectors = embeddings.lookup(layer, config.table, jnp.asarray(rows), capacity)
-    return forward(params["dense"], config, {"fields": vectors}, {}, {"dense": dense})
+    vectors, _ = embed_batch(params, config, {"rows": jnp.asarray(rows)}, capacity)  # [B, F, d0] each
+    return forward(params["dense"], config, vectors, {}, {"dense": dense})
 
 
 def encode(model, data) -> dict[str, np.ndarray]:
