@@ -277,6 +277,22 @@ def test_fit_is_deterministic_and_learns(small_data):
     assert set(metrics) >= {"mse", "rmse", "mae", "mse_popular", "mse_rare"}
 
 
+def test_auto_sparse_takes_row_sparse_sgd_at_any_size_and_dense_adam_for_small_tables(small_data):
+    _, train_part, _ = small_data
+    model = models.build_model(train_part, "mf", dim=8)
+    rows = train_part.n_users + train_part.n_items
+    assert train.auto_sparse(model, 16, "sgd") and train.auto_sparse(model, 10_000, "sgd")
+    assert train.auto_sparse(model, rows // 8, "adam") and not train.auto_sparse(model, rows // 8 + 1, "adam")
+    kwargs = dict(epochs=2, batch_size=256, progress=False, seed=1, validation=None, optimizer_name="sgd",
+                  learning_rate=0.5)
+    auto, sparse, dense = (train.fit(model, train_part, sparse=s, **kwargs) for s in ("auto", True, False))
+    # "auto" took the row-sparse step: its state has the row part, bit for bit the sparse run's.
+    assert jax.tree.structure(auto.state) == jax.tree.structure(sparse.state)
+    for x, y in zip(jax.tree.leaves(auto.params), jax.tree.leaves(sparse.params)):
+        np.testing.assert_array_equal(x, y)
+    assert_params_close(auto.params, dense.params, rtol=1e-4, atol=1e-5)  # SGD: the dense result
+
+
 def test_fits_that_differ_in_l2_share_their_compiled_epoch(small_data):
     _, train_part, _ = small_data
     model = models.build_model(train_part, "mf", dim=8, alpha=0.4, blocks=3)
