@@ -4,6 +4,7 @@ Times are not checked (they belong to the benchmark, not to the tests): this onl
 the script working, with its copies, its product floor and its summary lines.
 """
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -97,3 +98,27 @@ def test_bench_ctr_usage_errors_and_a_missing_dlrm(tmp_path):
     result = subprocess.run([sys.executable, script, "--sections", "dlrm"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "skipped: give --dlrm PATH" in result.stdout
+
+
+def test_bench_train_fit_section_on_scaled_shapes():
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--sections", "fit", "--shapes", "ml-1m",
+               "ml-20m", "--scale", "0.005", "--rounds", "1", "--epochs", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for shape in ("ml-1m", "ml-20m"):
+        rows = [line for line in out.splitlines() if line.startswith(shape)]
+        assert len(rows) == 2 and "Surprise SVD" in rows[0] and "mdcf fit defaults" in rows[1], out
+        rmse = float(rows[1].split()[-1])
+        assert 0 < rmse < 5, rows[1]
+    assert out.count("host shuffle of an epoch") == 2
+    if importlib.util.find_spec("surprise") is None:
+        assert "not installed" in out and "target 1" not in out
+    else:  # both timed, and a verdict per shape
+        assert re.search(r"target 1: .*ml-1m: [\d.]+x, RMSE [\d.]+ vs [\d.]+ \((met|missed)\); ml-20m", out), out
+
+
+def test_bench_train_refuses_bad_settings():
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--epochs", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--epochs must be at least 1" in result.stderr

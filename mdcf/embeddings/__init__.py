@@ -9,6 +9,7 @@ The public contract::
     HashSpec (mdcf.embeddings.hashing)             the hashing trick: ids share a table through a seeded hash
     QRSpec (mdcf.embeddings.qr)                    quotient-remainder: two small tables combined per id
     lowrank.low_rank, lowrank.for_budget           a table times a shared matrix (MD with one block)
+    TTSpec (mdcf.embeddings.tt)                    tensor-train: three small cores, rows computed per id
     quantize.quantize, quantize.lookup             post-training int8 / int4 rows of a trained MD layer
     lookup_bag, materialize, check_ids             MD lookups
     block_capacities, head_blocks, route, ...      the MD layer's grouped path
@@ -23,12 +24,13 @@ Example:
   (3, 32)
 """
 
-from . import hashing, lowrank, md_rows, qr, quantize
+from . import hashing, lowrank, md_rows, qr, quantize, tt
 from ._kernels import project, scatter_rows, take_rows
 from .base import (RowSparse, Scheme, TaggedSpec, init, join, lookup, nbytes, num_params, register, row_heights,
                    scheme, slotless_rows, spec_from_dict, split)
 from .hashing import HashSpec
 from .qr import QRSpec
+from .tt import TTSpec
 from .md_lookup import lookup as md_lookup
 from .md_lookup import lookup_bag, lookup_columns, materialize
 from .md import HEAD_ROWS_PER_SLOT, MDParams, MDSpec, as_rows, block_capacities, check_ids, head_blocks
@@ -53,6 +55,7 @@ register(MDSpec, Scheme(
 
 register(HashSpec, hashing.SCHEME)
 register(QRSpec, qr.SCHEME)
+register(TTSpec, tt.SCHEME)
 
 __all__ = [
     "RowSparse",
@@ -74,6 +77,8 @@ __all__ = [
     "hashing",
     "QRSpec",
     "qr",
+    "TTSpec",
+    "tt",
     "lowrank",
     "quantize",
     "MDParams",
