@@ -61,6 +61,14 @@ faults per timed call (the most of any variant): near 0 when memory is reused.
 Targets on a 2-core CPU: MD <= 1.5x the uniform step at the same d0; MD with 8x
 fewer parameters <= 1.0x.
 
+With ``--methods``, the script instead compares the ways to shrink a table, each at 1/8
+of the uniform table's parameters (every parameter counted): MD (``md``), low-rank
+(``lowrank``), quotient-remainder (``qr``), the hashing trick (``hash``), tensor-train
+(``tt``) and MD with post-training int8 rows (``md-int8``, forward only), on the
+``--rows`` x ``--batches`` grid (k is the first ``--blocks``): per method its
+parameters, its stored bytes, and its forward+backward and forward-only time as
+ratios to the uniform table's, in alternating rounds as above (one compiled copy each).
+
 With ``--torch`` (PyTorch installed), the same rounds also time the PyTorch layers a
 researcher would use today, on the same ids, specs and cotangent: ``nn.Embedding``
 (dense gradients, as ``jax.grad`` gives, and sparse ones), and an MD layer built
@@ -79,6 +87,7 @@ Usage::
     python benchmarks/bench_embedding.py --quick    # three configurations
     python benchmarks/bench_embedding.py --copies 1 # one copy of each variant (faster, noisier)
     python benchmarks/bench_embedding.py --allocator system   # glibc's defaults: page faults on every call
+    python benchmarks/bench_embedding.py --methods md lowrank qr hash tt md-int8 --rows 1e5 1e6 --batches 4096
     pip install torch --index-url https://download.pytorch.org/whl/cpu
     python benchmarks/bench_embedding.py --rows 1e4 1e5 --torch
 """
@@ -104,6 +113,9 @@ _STEADY_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=109951
                     "glibc.malloc.trim_threshold=1099511627776:glibc.malloc.hugetlb=1")
 _STEADY_FLAG = "MDCF_BENCH_STEADY_ALLOCATOR"
 
+# The ways to shrink a table that --methods compares, each at 1/8 of the uniform table's parameters.
+METHODS = ("md", "lowrank", "qr", "hash", "tt", "md-int8")
+
 
 def _page_faults() -> int:
     """Minor page faults of this process so far (0 where the system does not say)."""
@@ -128,6 +140,9 @@ def main() -> None:
                              "(the median of the copies is taken; see the module docstring)")
     parser.add_argument("--quick", action="store_true", help="three configurations only")
     parser.add_argument("--torch", action="store_true", help="also time PyTorch's table and a dlrm-style MD layer")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                        help="instead of the MD grid: these ways to shrink a table at 1/8 of the uniform table's "
+                             "parameters, against the uniform table (see the module docstring)")
     parser.add_argument("--allocator", choices=("steady", "system"), default="steady",
                         help="steady (default): keep freed memory in the process, as in a training loop; "
                              "system: the C library's defaults (see the module docstring)")
@@ -288,6 +303,110 @@ def main() -> None:
         call()
         call.temp_mb = float("nan")
         return call
+
+    def generic_timed(spec, params, ids, cotangent, forward_only=False, look=None):
+        """As :func:`timed` for a scheme without projections (its parameters are all tables,
+        nothing the compiler could hoist), or any ``look(params, batch)``."""
+        look = look or (lambda p, b: lookup(p, spec, b))
+
+        def one(params, batch):
+            return jnp.sum(look(params, batch) * cotangent)
+
+        @jax.jit
+        def run(params, ids):
+            def body(total, batch):
+                if forward_only:
+                    return total + one(params, batch), None
+                value, grads = jax.value_and_grad(one)(params, batch)
+                return total + value + sum(jnp.sum(g[:1]) for g in jax.tree.leaves(grads)), None
+
+            return jax.lax.scan(body, 0.0, ids)[0]
+
+        compiled = run.lower(params, ids).compile()
+        compiled(params, ids).block_until_ready()
+        return lambda: compiled(params, ids).block_until_ready()
+
+    if args.methods:
+        from mdcf.embeddings import hashing, lowrank, nbytes, qr, quantize, tt
+
+        rng = np.random.default_rng(0)
+        k = args.blocks[0]
+        configs = [(int(r), b) for r in args.rows for b in args.batches]
+        if args.quick:
+            configs = [(100_000, 4096), (1_000_000, 16384)]
+        print(f"bench_embedding --methods: d0={d0}, every method at 1/8 of the uniform table's parameters "
+              f"(MD: alpha {args.alpha}, k={k}), Zipf {args.zipf}, {os.cpu_count()} CPUs, jax {jax.__version__}; "
+              f"uniform: ms per batch; the others: median (range) over {args.rounds} rounds of per-round ratios to "
+              "the uniform table's time, forward+backward and forward alone")
+        header = (f"{'rows':>9} {'batch':>6} | {'method':<8} | {'params':>11} {'share':>6} {'MB':>8} | "
+                  f"{'fwd+bwd':>7} {'range':>9} | {'fwd':>6}")
+        print(header)
+        print("-" * len(header))
+        for n, batch in configs:
+            counts = zipf_weights(n, args.zipf) * n * 20
+            blocks = blocking.equipartition(counts, k)
+            budget = n * d0 // 8
+            try:
+                md = sizing.solve_budget(budget, blocks.sizes, blocks.row_probs, d0, args.alpha)
+            except ValueError:
+                md = sizing.solve_budget(budget, blocks.sizes, blocks.row_probs, d0, args.alpha, tolerance=0.05)
+            md = md.with_loads(tuple(blocks.probs))
+            def sized(solver):  # within 1% below the budget, else the nearest below within 20%
+                try:
+                    return solver(budget, n, d0)
+                except ValueError:
+                    return solver(budget, n, d0, tolerance=0.2)
+
+            specs = {"uniform": MDSpec.uniform(n, d0), "md": md, "lowrank": sized(lowrank.for_budget),
+                     "qr": sized(qr.for_budget), "hash": hashing.for_budget(budget, n, d0, seed=1),
+                     "tt": sized(tt.for_budget)}
+            probs = counts[blocks.order] / counts.sum()
+            ids = jnp.asarray(rng.choice(n, size=(steps, batch), p=probs).astype(np.int32))
+            cotangent = jnp.asarray(rng.standard_normal((batch, d0)).astype(np.float32))
+            key = jax.random.key(0)
+            calls, memory = {}, {}
+            for name in ("uniform",) + tuple(m for m in args.methods if m != "md-int8"):
+                spec, params = specs[name], init(key, specs[name])
+                mine = timed if isinstance(spec, MDSpec) else generic_timed
+                calls[name] = mine(spec, params, ids, cotangent)
+                calls[name + " fwd"] = mine(spec, params, ids, cotangent, forward_only=True)
+                memory[name] = (num_params(spec), nbytes(spec))
+            if "md-int8" in args.methods:  # post-training rows: forward only
+                q = quantize.quantize(md, init(key, md), bits=8)
+                calls["md-int8 fwd"] = generic_timed(md, q, ids, cotangent, forward_only=True,
+                                                     look=lambda q, b: quantize.lookup(q, md, b))
+                memory["md-int8"] = (num_params(md), quantize.nbytes(q))
+            start = time.perf_counter()
+            calls["uniform"]()
+            reps = max(1, int(0.03 / max(time.perf_counter() - start, 1e-6)))
+            times = {name: [] for name in calls}
+            order = list(calls)
+            for round_ in range(args.rounds):
+                for name in (order if round_ % 2 == 0 else order[::-1]):
+                    start = time.perf_counter()
+                    for _ in range(reps):
+                        calls[name]()
+                    times[name].append((time.perf_counter() - start) / reps)
+            times = {name: np.asarray(t) for name, t in times.items()}
+            uniform_ms = float(np.median(times["uniform"])) / steps * 1e3
+            for name in ("uniform",) + tuple(args.methods):
+                n_params, n_bytes = memory[name]
+                share = n_params / memory["uniform"][0]
+                if name == "uniform":
+                    both = f"{uniform_ms:>6.2f}ms {'':>9}"
+                elif name in times:
+                    r = times[name] / times["uniform"]
+                    both = f"{np.median(r):>6.2f}x {r.min():.2f}-{r.max():.2f}"
+                else:
+                    both = f"{'-':>7} {'':>9}"
+                fwd = "" if name == "uniform" else f"{np.median(times[name + ' fwd'] / times['uniform fwd']):>5.2f}x"
+                print(f"{n:>9,} {batch:>6} | {name:<8} | {n_params:>11,} {share:>6.3f} {n_bytes / 1e6:>8.2f} | "
+                      f"{both} | {fwd:>6}", flush=True)
+        print("share: parameters relative to the uniform table (projections, scales and offsets included; where a "
+              "method's sizes step too coarsely to land within 1% below 1/8, the nearest below); MB: "
+              "stored bytes (float32; md-int8: int8 codes, a float32 scale and offset per row, float32 "
+              "projections); md-int8 is post-training (forward only)")
+        return
 
     rows_out = []
     torch_rows = []

@@ -122,3 +122,21 @@ def test_bench_train_refuses_bad_settings():
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--epochs", "0"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--epochs must be at least 1" in result.stderr
+
+
+def test_bench_embedding_methods_at_an_eighth_of_the_table():
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_embedding.py"), "--methods", "md", "lowrank", "qr",
+               "hash", "tt", "md-int8", "--rows", "3000", "--batches", "128", "--rounds", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines()
+            if re.match(r"\s*3,000\s+128 \|", line)}
+    assert set(rows) == {"uniform", "md", "lowrank", "qr", "hash", "tt", "md-int8"}, result.stdout
+    for name, line in rows.items():
+        share, megabytes = (float(x) for x in line.split("|")[2].split()[1:3])
+        assert (share == 1.0) if name == "uniform" else (0.09 <= share <= 0.125), line  # at most 1/8
+        if name == "md-int8":  # int8 codes: fewer bytes than the float32 MD layer of the same parameters
+            assert megabytes < float(rows["md"].split("|")[2].split()[2]), line
+            assert line.split("|")[3].strip() == "-", line  # post-training: forward only
+        elif name != "uniform":
+            assert re.search(r"\d+\.\d+x", line.split("|")[3]) and re.search(r"\d+\.\d+x", line.split("|")[4]), line
