@@ -9,12 +9,13 @@ import zipfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import settings
 
 import mdcf
-from mdcf import train
+from mdcf import data, models, train
 
 # Property tests draw the same examples on every run, so a CI result is reproducible
 # (set HYPOTHESIS_PROFILE=explore to search with fresh random examples).
@@ -158,3 +159,24 @@ def run_steps(config, opt, batches, l2=0.05, seed=0):
 def assert_params_close(a, b, rtol=1e-5, atol=1e-6):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def small_ratings():
+    """The 80 x 60, 1,500-rating synthetic set the scheme tests train on."""
+    return data.synthetic(80, 60, 1_500, seed=1)[0]
+
+
+def model_on(ratings, user_spec, item_spec):
+    """An MF model on ``ratings`` whose user and item embeddings are the given specs (id maps
+    from the uniform model of the same data)."""
+    uniform = models.build_model(ratings, "mf", dim=user_spec.base_dim)
+    config = models.ModelConfig("mf", user_spec, item_spec)
+    return models.Model(config, uniform.user_ids, uniform.item_ids, uniform.user_rows, uniform.item_rows,
+                        uniform.scale, uniform.global_mean)
+
+
+def sparse_and_dense(model, ratings, name: str = "adagrad", learning_rate: float = 0.05):
+    """The states after three row-sparse and three dense steps on the first 512 ratings."""
+    batch = jax.tree.map(lambda x: jnp.asarray(x[:512]), model.encode(ratings))
+    return tuple(run_steps(model, train.optimizer(name, learning_rate, sparse=s), [batch] * 3, l2=0.01)
+                 for s in (True, False))

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdcf import checkpoint, data, embeddings, models, train
-from conftest import assert_params_close, run_steps
+from mdcf import checkpoint, embeddings, models, train
+from conftest import assert_params_close, model_on, small_ratings, sparse_and_dense
 from mdcf.embeddings import HashSpec, hashing
 
 
@@ -68,15 +68,11 @@ def test_counts_and_budgets_are_exact():
 
 @pytest.mark.parametrize("name", ["sgd", "adagrad"])
 def test_a_model_on_hashed_tables_trains_row_sparse_as_dense(name, tmp_path):
-    ratings = data.synthetic(80, 60, 1_500, seed=1)[0]
-    uniform = models.build_model(ratings, "mf", dim=4)
-    config = models.ModelConfig("mf", HashSpec(80, 20, 4, seed=1, signed=True), HashSpec(60, 15, 4, seed=2))
-    model = models.Model(config, uniform.user_ids, uniform.item_ids, uniform.user_rows, uniform.item_rows,
-                         uniform.scale, uniform.global_mean)
+    ratings = small_ratings()
+    model = model_on(ratings, HashSpec(80, 20, 4, seed=1, signed=True), HashSpec(60, 15, 4, seed=2))
+    config = model.config
     assert models.num_params(config) == 20 * 4 + 15 * 4 + 80 + 60 + 1
-    batch = jax.tree.map(lambda x: jnp.asarray(x[:512]), model.encode(ratings))
-    sparse, dense = (run_steps(model, train.optimizer(name, 0.05, sparse=s), [batch] * 3, l2=0.01)
-                     for s in (True, False))
+    sparse, dense = sparse_and_dense(model, ratings, name)
     assert_params_close(sparse.params, dense.params)
     checkpoint.save(tmp_path / "hashed.mdcf", model, sparse.params)
     loaded = checkpoint.load(tmp_path / "hashed.mdcf", model=model)

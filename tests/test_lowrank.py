@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_params_close, run_steps
-from mdcf import data, embeddings, models, train
+from conftest import assert_params_close, model_on, small_ratings, sparse_and_dense
+from mdcf import embeddings
 from mdcf.embeddings import lowrank
 
 
@@ -47,12 +47,7 @@ def test_budget_solver_lands_within_one_percent_below():
 
 
 def test_a_model_on_low_rank_tables_trains_row_sparse_as_dense():
-    ratings = data.synthetic(80, 60, 1_500, seed=1)[0]
-    uniform = models.build_model(ratings, "mf", dim=4)
-    config = models.ModelConfig("mf", lowrank.low_rank(80, 2, 4), lowrank.low_rank(60, 3, 4))
-    model = models.Model(config, uniform.user_ids, uniform.item_ids, uniform.user_rows, uniform.item_rows,
-                         uniform.scale, uniform.global_mean)
-    batch = jax.tree.map(lambda x: jnp.asarray(x[:512]), model.encode(ratings))
-    sparse, dense = (run_steps(model, train.optimizer("adagrad", 0.05, sparse=s), [batch] * 3, l2=0.01)
-                     for s in (True, False))
+    ratings = small_ratings()
+    model = model_on(ratings, lowrank.low_rank(80, 2, 4), lowrank.low_rank(60, 3, 4))
+    sparse, dense = sparse_and_dense(model, ratings)
     assert_params_close(sparse.params, dense.params)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mdcf import checkpoint, data, embeddings, models, train
-from conftest import assert_params_close, run_steps
+from mdcf import checkpoint, embeddings
+from conftest import assert_params_close, model_on, small_ratings, sparse_and_dense
 from mdcf.embeddings import QRSpec, qr
 
 
@@ -68,13 +68,10 @@ def test_counts_and_budgets_are_exact():
 
 @pytest.mark.parametrize("operation", ["mult", "concat"])
 def test_a_model_on_qr_tables_trains_row_sparse_as_dense(operation, tmp_path):
-    ratings = data.synthetic(80, 60, 1_500, seed=1)[0]
-    uniform = models.build_model(ratings, "mf", dim=4)
-    config = models.ModelConfig("mf", QRSpec(80, 6, 4, operation), QRSpec(60, 5, 4, operation))
-    model = models.Model(config, uniform.user_ids, uniform.item_ids, uniform.user_rows, uniform.item_rows,
-                         uniform.scale, uniform.global_mean)
-    batch = jax.tree.map(lambda x: jnp.asarray(x[:512]), model.encode(ratings))
-    sparse, dense = (run_steps(model, train.optimizer("adagrad", 0.05, sparse=s), [batch] * 3, l2=0.01) for s in (True, False))
+    ratings = small_ratings()
+    model = model_on(ratings, QRSpec(80, 6, 4, operation), QRSpec(60, 5, 4, operation))
+    config = model.config
+    sparse, dense = sparse_and_dense(model, ratings)
     assert_params_close(sparse.params, dense.params)
     checkpoint.save(tmp_path / "qr.mdcf", model, sparse.params)
     assert checkpoint.load(tmp_path / "qr.mdcf", model=model).model.config == config

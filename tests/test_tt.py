@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdcf import checkpoint, data, embeddings, models, train
-from conftest import assert_params_close, run_steps
+from mdcf import checkpoint, embeddings, train
+from conftest import assert_params_close, model_on, small_ratings, sparse_and_dense
 from mdcf.embeddings import TTSpec, tt
 
 
@@ -96,14 +96,10 @@ def test_initial_rows_have_the_table_spread():
 
 
 def test_a_model_on_tt_tables_trains_row_sparse_as_dense(tmp_path):
-    ratings = data.synthetic(80, 60, 1_500, seed=1)[0]
-    uniform = models.build_model(ratings, "mf", dim=4)
-    config = models.ModelConfig("mf", tt.tt_spec(80, 4, (2, 3)), tt.tt_spec(60, 4, (3, 2)))
-    model = models.Model(config, uniform.user_ids, uniform.item_ids, uniform.user_rows, uniform.item_rows,
-                         uniform.scale, uniform.global_mean)
-    batch = jax.tree.map(lambda x: jnp.asarray(x[:512]), model.encode(ratings))
-    sparse, dense = (run_steps(model, train.optimizer("adagrad", 0.05, sparse=s), [batch] * 3, l2=0.01)
-                     for s in (True, False))
+    ratings = small_ratings()
+    model = model_on(ratings, tt.tt_spec(80, 4, (2, 3)), tt.tt_spec(60, 4, (3, 2)))
+    config = model.config
+    sparse, dense = sparse_and_dense(model, ratings)
     assert_params_close(sparse.params, dense.params)
     moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(sparse.params["tables"]),
                                                    jax.tree.leaves(train.init_state(jax.random.key(0), config, train.optimizer("adagrad", 0.05), global_mean=3.0).params["tables"]))]
