@@ -283,6 +283,7 @@ def test_auto_sparse_takes_row_sparse_sgd_at_any_size_and_dense_adam_for_small_t
     rows = train_part.n_users + train_part.n_items
     assert train.auto_sparse(model, 16, "sgd") and train.auto_sparse(model, 10_000, "sgd")
     assert train.auto_sparse(model, rows // 8, "adam") and not train.auto_sparse(model, rows // 8 + 1, "adam")
+    assert not train.auto_sparse(model, rows // 8 + 1, "sgd", weight_decay=1e-4)  # the dense step decays tables
     kwargs = dict(epochs=2, batch_size=256, progress=False, seed=1, validation=None, optimizer_name="sgd",
                   learning_rate=0.5)
     auto, sparse, dense = (train.fit(model, train_part, sparse=s, **kwargs) for s in ("auto", True, False))
@@ -291,6 +292,11 @@ def test_auto_sparse_takes_row_sparse_sgd_at_any_size_and_dense_adam_for_small_t
     for x, y in zip(jax.tree.leaves(auto.params), jax.tree.leaves(sparse.params)):
         np.testing.assert_array_equal(x, y)
     assert_params_close(auto.params, dense.params, rtol=1e-4, atol=1e-5)  # SGD: the dense result
+    # With weight decay the dense step also decays the tables: "auto" keeps it for these small tables.
+    auto, dense = (train.fit(model, train_part, sparse=s, weight_decay=1e-3, **kwargs) for s in ("auto", False))
+    assert jax.tree.structure(auto.state) == jax.tree.structure(dense.state)
+    for x, y in zip(jax.tree.leaves(auto.params), jax.tree.leaves(dense.params)):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_fits_that_differ_in_l2_share_their_compiled_epoch(small_data):

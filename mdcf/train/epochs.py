@@ -81,17 +81,18 @@ def cached_epoch_fn(config, opt: Optimizer, n: int, batch_size: int, with_l2: bo
     return make_epoch_fn(step_for, n, batch_size, config.task.metric)
 
 
-def auto_sparse(model, batch_size: int, optimizer_name: str = "adam") -> bool:
+def auto_sparse(model, batch_size: int, optimizer_name: str = "adam", weight_decay: float = 0.0) -> bool:
     """``fit``'s ``sparse="auto"`` choice, from measured step costs (docs/performance.md).
 
-    Plain SGD always takes the row-sparse step: its row update is one scatter-add of the
-    batch's gradients, cheaper than the dense step's pass over every row at any table
-    size. Optimisers with per-row state (Adam, Amsgrad, Adagrad) take it when the tables
+    Plain SGD without weight decay always takes the row-sparse step: its row update is
+    one scatter-add of the batch's gradients, cheaper than the dense step's pass over
+    every row at any table size, and the same update (weight decay, which the dense step
+    applies to the tables as well, keeps the rule below). Optimisers with per-row state (Adam, Amsgrad, Adagrad) take it when the tables
     (users and items; DLRM's stacked fields) together hold at least 8 batches of rows:
     below that, a dense step, which touches every row, is cheaper than combining the
     batch's duplicate rows and scattering rows and state back.
     """
-    if optimizer_name == "sgd":
+    if optimizer_name == "sgd" and not weight_decay:
         return True
     config = model_config(model)
     return sum(spec.n_rows for spec in config.sides.values()) >= 8 * batch_size

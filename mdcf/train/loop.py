@@ -149,8 +149,8 @@ def fit(
       optimizer_name, learning_rate, weight_decay: build the optimiser with
         :func:`~mdcf.train.optimizer` (ignored when ``opt`` is given).
       l2: regularisation of the embedding vectors and biases of each example.
-      sparse: row-sparse table updates; ``"auto"`` uses them for SGD, and for the
-        other optimisers when the tables together have at least 8 batches of rows
+      sparse: row-sparse table updates; ``"auto"`` uses them for SGD without weight
+        decay, and otherwise when the tables together have at least 8 batches of rows
         (below that a dense step, which touches every row, is cheaper;
         :func:`~mdcf.train.auto_sparse`).
       opt: an explicit optimiser (overrides the three above).
@@ -265,7 +265,7 @@ def _prepare(model, train, validation, opt, settings: dict):
                          "or None for no validation (and no early stopping)")
     if opt is None:
         if sparse == "auto":
-            sparse = auto_sparse(model, batch_size, settings["optimizer_name"])
+            sparse = auto_sparse(model, batch_size, settings["optimizer_name"], float(weight_decay))
         opt = named_optimizer(settings["optimizer_name"], float(learning_rate), bool(sparse), float(weight_decay))
         label = (f"{settings['optimizer_name']}(learning_rate={float(learning_rate)!r}, "
                  f"weight_decay={float(weight_decay)!r}, sparse={bool(sparse)})")
