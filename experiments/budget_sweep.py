@@ -13,6 +13,8 @@ Examples::
     python experiments/budget_sweep.py                              # ml-100k, MF (about 3 minutes)
     python experiments/budget_sweep.py --model neumf --seeds 0 1 2
     python experiments/budget_sweep.py --dataset synthetic --dims 1 4 16
+    python experiments/budget_sweep.py --methods uniform md hash qr lowrank tt md-qr --dims 2 8 32
+    python experiments/budget_sweep.py --budget-unit bytes --methods uniform md uniform-int8 md-int8
     MDCF_FAST=1 python experiments/budget_sweep.py                  # a tiny smoke run
 """
 
@@ -40,6 +42,15 @@ def parse(argv=None) -> argparse.Namespace:
                         help="uniform dimensions whose model sizes are the budgets")
     parser.add_argument("--budgets", type=int, nargs="+", default=[], help="explicit total parameter budgets")
     parser.add_argument("--alphas", type=float, nargs="+", default=list(defaults.alphas))
+    parser.add_argument("--methods", nargs="+", default=list(defaults.methods), choices=sweep.METHODS,
+                        metavar="METHOD", help=f"ways to shrink the tables, of {' '.join(sweep.METHODS)} (default: md; alpha 0 in "
+                        "--alphas or 'uniform' here adds the uniform baseline); each method is paired with uniform "
+                        "and MD per seed")
+    parser.add_argument("--factors", type=int, nargs="+", default=list(defaults.factors),
+                        help="settings of hash, lowrank and tt (base dimension over the uniform one) and of qr "
+                             "(collisions), tuned on validation")
+    parser.add_argument("--budget-unit", choices=("params", "bytes"), default=defaults.budget_unit,
+                        help="budgets count parameters or stored bytes (the int8 methods need bytes)")
     parser.add_argument("--blocks", type=int, default=defaults.blocks)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
     parser.add_argument("--l2", type=float, nargs="+", default=list(defaults.l2_grid), help="tuning grid")
@@ -60,13 +71,15 @@ def config_from(args) -> sweep.SweepConfig:
         dataset=args.dataset, model=args.model, budgets=tuple(args.budgets), dims=tuple(args.dims),
         alphas=tuple(args.alphas), blocks=args.blocks, seeds=tuple(args.seeds), l2_grid=tuple(args.l2),
         learning_rates=tuple(args.learning_rates), epochs=args.epochs, patience=args.patience,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, methods=tuple(args.methods), factors=tuple(args.factors),
+        budget_unit=args.budget_unit,
     )
     if args.fast or sweep.fast_mode():
         config = sweep.SweepConfig(
             dataset=config.dataset, model=config.model, dims=(2, 8), alphas=(0.0, 0.4), blocks=4,
             seeds=(0,), l2_grid=(0.1,), epochs=2, patience=1, batch_size=config.batch_size,
-            base_dims=(32, 16, 8, 4),
+            base_dims=(32, 16, 8, 4), methods=config.methods, factors=config.factors[:1],
+            budget_unit=config.budget_unit,
         )
     return config
 
@@ -80,7 +93,9 @@ def main(argv=None) -> int:
         print(f"budget_sweep.py: error: {err}", file=sys.stderr)
         return 2
     fast = args.fast or sweep.fast_mode()
-    name = f"{Path(config.dataset).stem}-{config.model}" + ("-fast" if fast else "")
+    others = [m for m in config.methods if m not in ("uniform", "md")]
+    name = (f"{Path(config.dataset).stem}-{config.model}" + ("-methods" if others else "")
+            + ("-bytes" if config.budget_unit == "bytes" else "") + ("-fast" if fast else ""))
     out = Path(args.out or Path("results") / "budget_sweep" / name)
     try:  # before any file is written: a data set that fails to load leaves no output folder behind
         ratings = sweep.load_dataset(config.dataset, config.synthetic)
@@ -90,22 +105,34 @@ def main(argv=None) -> int:
     rows = sweep.run_sweep(config, out, ratings=ratings, progress=not args.no_progress, mesh=mesh)
     if jax.process_index() != 0:
         return 0  # process 0 reports and plots
-    print(f"\n{config.dataset}, {config.model}: test MSE at equal parameter budgets "
-          f"(each cell's best l2 on validation; seeds {list(config.seeds)})")
-    print(sweep.summary_table(rows))
-    print("\nthe paper's claim (MD matches uniform with up to 8x fewer parameters), on these runs:")
-    print(sweep.claim_check(rows))
-    print(sweep.fraction_check(rows))
+    unit = "byte" if config.budget_unit == "bytes" else "parameter"
+    if others:
+        print(f"\n{config.dataset}, {config.model}: test MSE of each method at equal {unit} budgets (each "
+              f"method's setting and l2 chosen on validation; seeds {list(config.seeds)})")
+        print(sweep.methods_table(rows))
+    if "md" in config.methods:
+        print(f"\n{config.dataset}, {config.model}: uniform against MD at equal {unit} budgets "
+              f"(each cell's best l2 on validation; seeds {list(config.seeds)})")
+        print(sweep.summary_table(rows))
+        print("\nthe paper's claim (MD matches uniform with up to 8x fewer parameters), on these runs:")
+        print(sweep.claim_check(rows))
+        print(sweep.fraction_check(rows))
     infeasible = [r for r in rows if str(r.get("status", "")).startswith("infeasible")]
     if infeasible:
-        cells = sorted({(r["budget"], r["alpha"]) for r in infeasible})
-        print(f"no MD model fits {len(cells)} (budget, alpha) cells, e.g. budget {cells[0][0]:,} alpha {cells[0][1]:g}: "
-              f"{infeasible[0]['status']}")
+        cells = sorted({(r["budget"], r["method"], r["alpha"], r["factor"]) for r in infeasible})
+        budget, method, alpha, factor = cells[0]
+        setting = f"alpha {alpha:g}" if alpha else f"factor {factor}"
+        print(f"no model fits {len(cells)} (budget, method, setting) cells, e.g. budget {budget:,} {method} "
+              f"{setting}: {infeasible[0]['status']}")
     if not sweep.select(rows):
         print(f"\nresults: {out / 'results.csv'}\nno finished run to plot")
         return 0
-    figure = plots.budget_curves(rows, title=f"{config.dataset} {config.model}: test MSE vs parameters")
-    paths = plots.save(figure, out / "budget_curves")
+    if others:
+        figure = plots.method_curves(rows, title=f"{config.dataset} {config.model}: test MSE vs {unit}s, per method")
+        paths = plots.save(figure, out / "method_curves")
+    else:
+        figure = plots.budget_curves(rows, title=f"{config.dataset} {config.model}: test MSE vs parameters")
+        paths = plots.save(figure, out / "budget_curves")
     print(f"\nresults: {out / 'results.csv'}\nplot:    {paths[0]} (and .pdf)")
     return 0
 

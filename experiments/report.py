@@ -1,7 +1,8 @@
 """Print the tables of finished (or partial) sweeps from their ``results.csv``.
 
 For a budget sweep: uniform against the best MD alpha per budget, and the paper's
-claim checked with the per-seed paired difference. For an alpha ablation: train
+claim checked with the per-seed paired difference; with other methods, every method
+at its validation-chosen setting, paired with uniform and MD per seed. For an alpha ablation: train
 and test MSE on the popular and rare thirds of items, mean +- std over seeds.
 
 Example::
@@ -33,6 +34,9 @@ def main(argv=None) -> int:
         seeds = sorted({r["seed"] for r in ok})
         print(f"== {folder}: {len(ok)} runs, seeds {seeds}")
         ablation = len({r["budget"] for r in ok}) == 1
+        if {sweep.method_of(r) for r in ok} - {"uniform", "md"}:
+            print(sweep.markdown_methods(rows) if args.markdown else sweep.methods_table(rows))
+            print()
         if args.markdown:
             print(sweep.markdown_ablation(rows) if ablation else sweep.markdown_sweep(rows))
         elif ablation:

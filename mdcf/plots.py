@@ -13,10 +13,10 @@ from typing import Sequence
 import numpy as np
 
 from . import io
-from .sweep.analysis import select
+from .sweep.analysis import method_cells, select, uniform_and_md
 from .sweep.ctr import ctr_cells
 
-__all__ = ["budget_curves", "alpha_ablation", "block_dims", "frequency_curve", "ctr_curves", "ctr_learning_curves", "save"]
+__all__ = ["budget_curves", "method_curves", "alpha_ablation", "block_dims", "frequency_curve", "ctr_curves", "ctr_learning_curves", "save"]
 
 
 def _axes(ax=None, size=(6.0, 4.0)):
@@ -30,7 +30,7 @@ def _axes(ax=None, size=(6.0, 4.0)):
 
 def _by_alpha(rows, metric):
     """{alpha: [(params, mean, std)]} over seeds, from each cell's best-validation run."""
-    chosen = select(rows)
+    chosen = select(uniform_and_md(rows))
     out: dict[float, list[tuple[float, float, float]]] = {}
     for alpha in sorted({r["alpha"] for r in chosen}):
         points = []
@@ -62,6 +62,39 @@ def budget_curves(rows, metric: str = "test_mse", ax=None, title: str | None = N
     ax.set_ylabel(metric.replace("_", " "))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def method_curves(rows, metric: str = "test_mse", ax=None, title: str | None = None):
+    """Test MSE against size (parameters, or bytes for a sweep in bytes; log x), one curve
+    per method at its validation-chosen setting per budget, mean +- std over seeds."""
+    cells = method_cells(rows)
+    if not cells:
+        raise ValueError("method_curves: no finished run to plot (every run is infeasible or diverged, or none ran)")
+    in_bytes = any(r.get("budget_unit") == "bytes" for r in rows)
+    fig, ax = _axes(ax)
+    markers = dict(uniform="s", md="o", hash="v", qr="^", lowrank="<", tt=">", **{"md-qr": "D", "uniform-int8": "x",
+                                                                                   "md-int8": "P"})
+    for method in markers:
+        points = sorted((budget, cell) for (budget, m), (_, cell) in cells.items() if m == method)
+        if not points:
+            continue
+        size = [float(np.mean([r["nbytes" if in_bytes else "params"] for r in cell])) for _, cell in points]
+        values = [[r[metric] for r in cell] for _, cell in points]
+        style = dict(color="black", linestyle="--") if method == "uniform" else {}
+        ax.errorbar(size, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], capsize=3,
+                    marker=markers[method], label=method, **style)
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("bytes (float32, int8 rows with scale and offset)" if in_bytes
+                  else "parameters (embeddings with projections, biases, MLP)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
     if title:
         ax.set_title(title)
     return fig

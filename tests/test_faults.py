@@ -103,7 +103,7 @@ def test_a_damaged_results_row_is_set_aside_and_its_run_trained_again(ratings, t
     text = path.read_text()
     damaged_line = text.splitlines()[-1][:40]
     path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 1] + damaged_line)  # a truncated last line
-    with pytest.raises(ValueError, match=rf"{path}, line 3: damaged row \(24 fields expected"):
+    with pytest.raises(ValueError, match=rf"{path}, line 3: damaged row \(28 fields expected"):
         sweep.read_results(path)
     with pytest.warns(UserWarning, match=r"set aside 1 damaged row\(s\) \(lines \[3\]"):
         again = _tiny_sweep(ratings, tmp_path, seeds=(0, 1))

@@ -34,7 +34,7 @@ from .md import MDParams, MDSpec
 from .md import nbytes as md_nbytes
 
 __all__ = ["QuantizedRows", "QuantizedMD", "quantize_rows", "dequantize_rows", "quantize", "dequantize", "lookup",
-           "nbytes", "float_nbytes", "BITS"]
+           "nbytes", "spec_nbytes", "float_nbytes", "BITS"]
 
 BITS = (8, 4)
 
@@ -128,6 +128,21 @@ def nbytes(q: QuantizedMD) -> int:
     for table in q.tables:
         total += int(np.prod(table.codes.shape)) + 2 * 4 * table.codes.shape[0]
     total += sum(4 * int(np.prod(p.shape)) for p in q.projections if p is not None)
+    return total
+
+
+def spec_nbytes(spec: MDSpec, bits: int = 8) -> int:
+    """:func:`nbytes` of ``spec``'s layer once quantised to ``bits``, from the spec alone
+    (to size a layer for a byte budget before training it)."""
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}, got {bits!r}")
+    if not isinstance(spec, MDSpec):
+        raise TypeError(f"spec_nbytes: an MD layer's spec (MDSpec), got {type(spec).__name__}")
+    total = 0
+    for n, d in zip(spec.sizes, spec.dims):
+        total += n * (d if bits == 8 else -(-d // 2)) + 2 * 4 * n
+        if d != spec.base_dim:
+            total += 4 * d * spec.base_dim
     return total
 
 

@@ -14,6 +14,12 @@ Results go to a CSV with one row per training run, appended atomically as runs
 finish; a rerun skips the runs already there, so a killed sweep loses at most
 the run in flight. :func:`select` picks each cell's best-validation run.
 
+Besides MD, a sweep can compare the other ways to shrink tables at the same budgets
+(``methods``: hashing, quotient-remainder, low-rank, tensor-train, MD users with QR
+items, int8 rows; :mod:`mdcf.sweep.methods`), in parameters or in bytes
+(``budget_unit``), each method's setting tuned on validation like alpha;
+:func:`methods_table` pairs every method with uniform and MD per seed.
+
 The click sweep (:func:`run_ctr_sweep`, :mod:`mdcf.sweep.ctr`) compares DLRM with
 uniform tables against MD tables, one block per field, at the uniform tables'
 embedding budgets.
@@ -26,10 +32,15 @@ from .analysis import (
     claim_check,
     fraction_check,
     markdown_ablation,
+    markdown_methods,
     markdown_sweep,
+    method_cells,
+    method_of,
+    methods_table,
     paired_difference,
     select,
     summary_table,
+    uniform_and_md,
 )
 from .budget import (
     PAPER_ABLATION_BUDGET,
@@ -42,11 +53,23 @@ from .budget import (
 from .ctr import (CTR_COLUMNS, CTRSweepConfig, ctr_cells, ctr_fast_mode, ctr_table, load_clicks, read_ctr_results,
                   run_ctr_sweep)
 from .config import SweepConfig, add_device_arguments, check_dataset, fast_mode, load_dataset, mesh_from_arguments
+from .methods import BYTES_ONLY, FACTOR_METHODS, METHODS, model_for_method, model_nbytes, quantized_params
 from .runs import COLUMNS, append_result, read_results, run_sweep
 
 __all__ = [
     "COLUMNS",
     "SweepConfig",
+    "METHODS",
+    "FACTOR_METHODS",
+    "BYTES_ONLY",
+    "model_for_method",
+    "model_nbytes",
+    "quantized_params",
+    "method_of",
+    "uniform_and_md",
+    "method_cells",
+    "methods_table",
+    "markdown_methods",
     "fast_mode",
     "check_dataset",
     "load_dataset",

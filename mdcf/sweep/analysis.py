@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["select", "best_alpha", "paired_difference", "summary_table", "claim_check", "fraction_check",
-           "ablation_table", "ablation_runs_table", "markdown_sweep", "markdown_ablation"]
+__all__ = ["select", "method_of", "uniform_and_md", "best_alpha", "paired_difference", "summary_table", "claim_check",
+           "fraction_check", "ablation_table", "ablation_runs_table", "markdown_sweep", "markdown_ablation",
+           "method_cells", "methods_table", "markdown_methods"]
+
+
+def method_of(row: dict) -> str:
+    """A row's method; rows without one (built by hand) are uniform at alpha 0, else MD."""
+    return row.get("method") or ("uniform" if row["alpha"] == 0 else "md")
+
+
+def uniform_and_md(rows: list[dict]) -> list[dict]:
+    """The rows of the uniform baseline and of MD: what the alpha tables and claims read."""
+    return [r for r in rows if method_of(r) in ("uniform", "md")]
 
 
 def select(rows: list[dict]) -> list[dict]:
-    """Each cell's run with the best validation MSE (cells: dataset, model, budget, alpha, blocks, seed)."""
+    """Each cell's run with the best validation MSE (cells: dataset, model, method, budget,
+    alpha, factor, blocks, seed)."""
     best: dict[tuple, dict] = {}
     for row in rows:
         if row.get("status") != "ok":
             continue
-        cell = tuple(row[k] for k in ("dataset", "model", "budget", "alpha", "blocks", "seed"))
+        cell = (method_of(row), row.get("factor") or 0) + tuple(
+            row[k] for k in ("dataset", "model", "budget", "alpha", "blocks", "seed"))
         if cell not in best or row["val_mse"] < best[cell]["val_mse"]:
             best[cell] = row
     return list(best.values())
@@ -34,6 +47,7 @@ def paired_difference(rows: list[dict], baseline: list[dict], key: str = "test_m
 
 def summary_table(rows: list[dict]) -> str:
     """Per budget: uniform against the best MD alpha (chosen on validation), mean over seeds."""
+    rows = uniform_and_md(rows)
     chosen = select(rows)
     lines = [f"{'budget':>10} | {'uniform params':>14} {'test MSE':>9} | {'best MD alpha':>13} {'MD params':>10} "
              f"{'test MSE':>9} {'(val MSE)':>9} | {'MD - uniform':>12}"]
@@ -71,6 +85,7 @@ def claim_check(rows: list[dict]) -> str:
     uniform at larger budgets (up to 8x)? Mean +- std over seeds of each cell's
     best-validation run, the per-seed (paired) difference MD - uniform at the same
     budget, and 'matches' when the MD mean is at most the uniform mean."""
+    rows = uniform_and_md(rows)
     uniform = {b: rs for (b, a), rs in _cells_by(rows, lambda a: a == 0).items()}
     md = _cells_by(rows, lambda a: a > 0)
     mean = lambda rs: float(np.mean([r["test_mse"] for r in rs]))  # noqa: E731
@@ -98,6 +113,7 @@ def fraction_check(rows: list[dict], factor: float = 8.0) -> str:
     """The abstract's form of the claim: for each uniform budget, the best MD model
     (alpha chosen on validation) at the largest sweep budget with at most
     ``1/factor`` of its parameters, against it, with the per-seed paired difference."""
+    rows = uniform_and_md(rows)
     uniform = {b: rs for (b, a), rs in _cells_by(rows, lambda a: a == 0).items()}
     md = _cells_by(rows, lambda a: a > 0)
     md_budgets = sorted({b for b, _ in md})
@@ -124,6 +140,7 @@ def fraction_check(rows: list[dict], factor: float = 8.0) -> str:
 
 def ablation_table(rows) -> str:
     """Per alpha: train and test MSE on the popular and rare thirds of items, mean +- std over seeds."""
+    rows = uniform_and_md(rows)
     chosen = select(rows)
     lines = [f"{'alpha':>6} {'params':>8} | {'train popular':>14} {'train rare':>14} | {'test popular':>14} "
              f"{'test rare':>14} | {'test all':>14}"]
@@ -144,6 +161,7 @@ def _stat(cell, key) -> str:
 def markdown_sweep(rows) -> str:
     """Every (budget, alpha) cell's test MSE (mean ± std over seeds, best l2 on
     validation), and the validation-chosen MD alpha against uniform, paired per seed."""
+    rows = uniform_and_md(rows)
     chosen = select(rows)
     alphas = sorted({r["alpha"] for r in chosen})
     names = ["uniform" if a == 0 else f"MD α={a:g}" for a in alphas]
@@ -168,6 +186,7 @@ def markdown_sweep(rows) -> str:
 
 def markdown_ablation(rows) -> str:
     """The ablation table in markdown, with each alpha's per-seed difference from alpha 0."""
+    rows = uniform_and_md(rows)
     chosen = select(rows)
     keys = ("train_mse_popular", "train_mse_rare", "test_mse_popular", "test_mse_rare", "test_mse")
     lines = ["| α | params | train MSE popular | train MSE rare | test MSE popular | test MSE rare | test MSE all "
@@ -187,6 +206,7 @@ def markdown_ablation(rows) -> str:
 
 def ablation_runs_table(rows) -> str:
     """Each (alpha, seed) cell's best-validation run: MSE on the popular and rare thirds of items."""
+    rows = uniform_and_md(rows)
     chosen = sorted(select(rows), key=lambda r: (r["alpha"], r["seed"]))
     lines = [f"{'alpha':>6} {'seed':>4} {'params':>9} {'train pop':>9} {'train rare':>10} {'test pop':>9} "
              f"{'test rare':>9} {'test all':>9}"]
@@ -194,4 +214,69 @@ def ablation_runs_table(rows) -> str:
         lines.append(f"{r['alpha']:>6g} {r['seed']:>4} {r['params']:>9,} {r['train_mse_popular']:>9.4f} "
                      f"{r['train_mse_rare']:>10.4f} {r['test_mse_popular']:>9.4f} {r['test_mse_rare']:>9.4f} "
                      f"{r['test_mse']:>9.4f}")
+    return "\n".join(lines)
+
+
+def method_cells(rows: list[dict]) -> dict[tuple[int, str], tuple[str, list[dict]]]:
+    """Per ``(budget, method)``: the setting chosen on validation (lowest mean validation
+    MSE over seeds, never test) as text, and its best-validation run per seed."""
+    settings: dict[tuple[int, str], dict[tuple, list[dict]]] = {}
+    for r in select(rows):
+        key = (r["budget"], method_of(r))
+        settings.setdefault(key, {}).setdefault((r["alpha"], r.get("factor") or 0), []).append(r)
+    out = {}
+    for key, by_setting in settings.items():
+        (alpha, factor), cell = min(by_setting.items(), key=lambda kv: float(np.mean([r["val_mse"] for r in kv[1]])))
+        method = key[1]
+        label = (f"α={alpha:g}" if method in ("md", "md-qr", "md-int8") else f"m={factor}" if method == "qr"
+                 else f"×{factor}" if factor else "")
+        out[key] = (label, cell)
+    return out
+
+
+def _size_of(row: dict) -> int:
+    return row["nbytes"] if row.get("budget_unit") == "bytes" else row["params"]
+
+
+def _method_lines(rows: list[dict]):
+    """``(budget, method, setting, size, fill, test, paired-uniform, paired-md)`` per cell."""
+    cells = method_cells(rows)
+    order = {m: i for i, m in enumerate(("uniform", "md", "hash", "qr", "lowrank", "tt", "md-qr", "uniform-int8",
+                                         "md-int8"))}
+    for budget, method in sorted(cells, key=lambda k: (k[0], order.get(k[1], 99))):
+        label, cell = cells[budget, method]
+        size = float(np.mean([_size_of(r) for r in cell]))
+        paired = []
+        for reference in ("uniform", "md"):
+            other = cells.get((budget, reference))
+            diffs = paired_difference(cell, other[1]) if other and reference != method else []
+            paired.append(diffs)
+        yield budget, method, label, size, size / budget, cell, paired
+
+
+def methods_table(rows: list[dict]) -> str:
+    """Per budget, every method at its validation-chosen setting: exact size (and its share
+    of the budget), test MSE mean +- std over seeds, and the per-seed (paired) differences
+    from uniform and from MD on the same splits."""
+    unit = "bytes" if any(r.get("budget_unit") == "bytes" for r in rows) else "params"
+    lines = [f"{'budget':>10} {'method':>12} {'setting':>8} {unit:>10} {'fill':>6} | {'test MSE':>16} | "
+             f"{'- uniform':>16} {'- MD':>16}"]
+    fmt = lambda d: f"{np.mean(d):+.4f}+-{np.std(d):.4f}" if d else "-"  # noqa: E731
+    for budget, method, label, size, fill, cell, (vs_uniform, vs_md) in _method_lines(rows):
+        test = [r["test_mse"] for r in cell]
+        lines.append(f"{budget:>10,} {method:>12} {label:>8} {int(size):>10,} {fill:>6.1%} | "
+                     f"{np.mean(test):.4f}+-{np.std(test):.4f} | {fmt(vs_uniform):>16} {fmt(vs_md):>16}")
+    return "\n".join(lines)
+
+
+def markdown_methods(rows: list[dict]) -> str:
+    """:func:`methods_table` in markdown."""
+    unit = "bytes" if any(r.get("budget_unit") == "bytes" for r in rows) else "params"
+    lines = [f"| budget ({unit}) | method | setting (on validation) | exact {unit} | test MSE | − uniform, per seed "
+             "| − MD, per seed |", "|---:|---|---|---:|---|---|---|"]
+    fmt = lambda d: f"{np.mean(d):+.4f} ± {np.std(d):.4f} (n={len(d)})" if d else "–"  # noqa: E731
+    for budget, method, label, size, fill, cell, (vs_uniform, vs_md) in _method_lines(rows):
+        share = "" if fill >= 0.99 else f" ({fill:.0%})"
+        lines.append(f"| {budget:,} | {method} | {label or '–'} | {int(size):,}{share} | {_stat(cell, 'test_mse')} | "
+                     f"{fmt(vs_uniform)} | {fmt(vs_md)} |")
     return "\n".join(lines)

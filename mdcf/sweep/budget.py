@@ -6,8 +6,8 @@ from typing import Iterable, Sequence
 
 from .. import models
 
-__all__ = ["PAPER_ABLATION_BUDGET", "PAPER_ABLATION_ROWS", "natural_budgets", "model_for_budget", "ablation_budget",
-           "ablation_model_budget"]
+__all__ = ["PAPER_ABLATION_BUDGET", "PAPER_ABLATION_ROWS", "natural_budgets", "uniform_for_budget", "model_for_budget",
+           "ablation_budget", "ablation_model_budget"]
 
 # The paper's ablation used 2**21 parameters on MovieLens ("ml-latest", about 283k users
 # and 54k movies); the ablation keeps its parameters per embedding row.
@@ -20,7 +20,7 @@ def natural_budgets(train, kind: str, dims: Iterable[int], **model_kwargs) -> li
     return [models.num_params(models.build_model(train, kind, dim=d, **model_kwargs).config) for d in dims]
 
 
-def _uniform_for_budget(train, kind: str, budget: int, **model_kwargs):
+def uniform_for_budget(train, kind: str, budget: int, **model_kwargs):
     """The largest uniform model whose total parameter count is at most ``budget`` (binary search on d)."""
     def size(d):
         return models.num_params(models.build_model(train, kind, dim=d, **model_kwargs).config)
@@ -51,7 +51,7 @@ def model_for_budget(train, kind: str, budget: int, alpha: float, blocks: int, b
       ``(model, reason)``: the model, or None and why no model fits.
     """
     if alpha == 0:
-        model = _uniform_for_budget(train, kind, budget, **model_kwargs)
+        model = uniform_for_budget(train, kind, budget, **model_kwargs)
         if model is None:
             return None, f"budget {budget:,} is below the smallest uniform model"
         return model, ""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import data, models, sharding
 from .._checks import is_int, is_real
+from .methods import BYTES_ONLY, METHODS
 
 __all__ = ["SweepConfig", "fast_mode", "check_dataset", "load_dataset", "add_device_arguments", "mesh_from_arguments"]
 
@@ -57,6 +58,13 @@ class SweepConfig:
       epochs, patience, batch_size: ``fit`` settings.
       test_fraction, val_fraction: random test split, and validation carved from train.
       synthetic: generator arguments for ``dataset="synthetic"``.
+      methods: the ways to shrink the tables (:data:`mdcf.sweep.METHODS`); the uniform
+        baseline runs when ``alphas`` holds 0 or ``uniform`` is listed, ``md`` over the
+        alphas above 0.
+      factors: the settings of ``hash``, ``lowrank`` and ``tt`` (base dimension over the
+        uniform one) and of ``qr`` (collisions), tuned on validation like alpha.
+      budget_unit: ``"params"`` (budgets count parameters) or ``"bytes"`` (stored bytes:
+        4 per float32 parameter; the int8 methods need it).
     """
 
     dataset: str = "ml-100k"
@@ -75,6 +83,9 @@ class SweepConfig:
     test_fraction: float = 0.1
     val_fraction: float = 0.1
     synthetic: dict = field(default_factory=dict)
+    methods: tuple[str, ...] = ("md",)
+    factors: tuple[int, ...] = (2, 4)
+    budget_unit: str = "params"
 
     def __post_init__(self):
         def fail(name, wanted):
@@ -102,6 +113,16 @@ class SweepConfig:
             value = getattr(self, name)
             if not (is_int(value) and value >= 1):
                 fail(name, "an integer >= 1")
+        if not sequence(self.methods, lambda v: v in METHODS):
+            fail("methods", f"a non-empty sequence of {', '.join(METHODS)}")
+        if not sequence(self.factors, lambda v: is_int(v) and v >= 1):
+            fail("factors", "a non-empty sequence of integers >= 1")
+        if self.budget_unit not in ("params", "bytes"):
+            fail("budget_unit", "'params' or 'bytes'")
+        in_bytes = [m for m in self.methods if m in BYTES_ONLY]
+        if in_bytes and self.budget_unit != "bytes":
+            raise ValueError(f"SweepConfig: {', '.join(in_bytes)} keep their float model's parameters and save bytes; "
+                             "compare them with budget_unit='bytes' (--budget-unit bytes)")
         for name in ("test_fraction", "val_fraction"):
             value = getattr(self, name)
             if not (is_real(value) and 0 < value < 1):

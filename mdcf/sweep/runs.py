@@ -14,23 +14,39 @@ from pathlib import Path
 
 import jax
 
-from .. import data, embeddings, io, models, train
-from .budget import model_for_budget, natural_budgets
+from .. import data, io, models, train
+from .budget import natural_budgets
 from .config import SweepConfig, load_dataset
+from .methods import BYTES_ONLY, describe, model_for_method, model_nbytes, quantized_params, settings
 
 __all__ = ["COLUMNS", "run_sweep", "read_results", "append_result"]
 
 COLUMNS = (
+    "dataset", "model", "method", "budget_unit", "budget", "params", "nbytes", "alpha", "factor", "blocks",
+    "base_dim", "user_dims", "item_dims", "seed", "l2", "learning_rate", "train_mse", "train_mse_popular",
+    "train_mse_rare", "val_mse", "test_mse", "test_mse_popular", "test_mse_rare", "test_rmse", "epochs",
+    "best_epoch", "seconds", "status",
+)
+_KEY = ("dataset", "model", "method", "budget", "alpha", "factor", "blocks", "seed", "l2", "learning_rate")
+_TEXT_KEYS = ("dataset", "model", "method")
+
+# The layout before methods and byte budgets: read, and rewritten in today's layout by a sweep.
+_COLUMNS_V1 = (
     "dataset", "model", "budget", "params", "alpha", "blocks", "base_dim", "user_dims", "item_dims", "seed",
     "l2", "learning_rate", "train_mse", "train_mse_popular", "train_mse_rare", "val_mse", "test_mse",
     "test_mse_popular", "test_mse_rare", "test_rmse", "epochs", "best_epoch", "seconds", "status",
 )
-_KEY = ("dataset", "model", "budget", "alpha", "blocks", "seed", "l2", "learning_rate")
-
 
 # Per results layout, the columns read as integers and those kept as text (the rest are floats).
-_INTS = ("budget", "params", "blocks", "base_dim", "seed", "epochs", "best_epoch")
-_TEXTS = ("dataset", "model", "user_dims", "item_dims", "status")
+_INTS = ("budget", "params", "nbytes", "factor", "blocks", "base_dim", "seed", "epochs", "best_epoch")
+_TEXTS = ("dataset", "model", "method", "budget_unit", "user_dims", "item_dims", "status")
+
+
+def _from_v1(row: dict) -> dict:
+    """A row of the first layout in today's: uniform (alpha 0) or MD, in parameters."""
+    params = row.get("params", "")
+    return {**row, "method": "uniform" if float(row["alpha"]) == 0 else "md", "budget_unit": "params",
+            "nbytes": str(4 * int(float(params))) if params not in ("", None) else "", "factor": "0"}
 
 
 def read_results(path, *, set_aside: bool = False, columns: tuple[str, ...] = COLUMNS,
@@ -51,6 +67,8 @@ def read_results(path, *, set_aside: bool = False, columns: tuple[str, ...] = CO
         return []
     text = path.read_text()
     reader = csv.DictReader(stdio.StringIO(text))
+    if columns == COLUMNS and tuple(reader.fieldnames or ()) == _COLUMNS_V1:
+        return _upgrade(path, text, set_aside)
     if tuple(reader.fieldnames or ()) != columns:
         raise ValueError(f"{path}: columns {reader.fieldnames} do not match this version's {list(columns)}; "
                          "use another output folder")
@@ -66,6 +84,30 @@ def read_results(path, *, set_aside: bool = False, columns: tuple[str, ...] = CO
     if damaged:
         _set_aside(path, text, damaged)
     return rows
+
+
+def _upgrade(path: Path, text: str, rewrite: bool) -> list[dict]:
+    """The rows of a first-layout file in today's layout; with ``rewrite`` (a sweep about to
+    append) the file is rewritten in it, atomically, and the old one kept as ``<file>.v1``."""
+    reader = csv.DictReader(stdio.StringIO(text))
+    raw = []
+    for row in reader:
+        try:
+            raw.append(_from_v1(row))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}, line {reader.line_num}: damaged row ({err}) in a file of the first layout; "
+                             "mend the line before the file can be brought to this version's layout") from None
+    if rewrite:
+        out = stdio.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: row.get(k, "") for k in COLUMNS} for row in raw)
+        with io.atomic_write(path.with_name(path.name + ".v1"), "w") as f:
+            f.write(text)
+        with io.atomic_write(path, "w") as f:
+            f.write(out.getvalue())
+        return read_results(path, set_aside=True)
+    return [_parse_row(row, COLUMNS, _INTS, _TEXTS) for row in raw]
 
 
 def _parse_row(row: dict, columns, ints, texts) -> dict:
@@ -105,14 +147,10 @@ def append_result(path: Path, row: dict, columns: tuple[str, ...] = COLUMNS) -> 
 
 
 def _key(row: dict) -> tuple:
-    return tuple(str(row[k]) if k in ("dataset", "model") else float(row[k]) for k in _KEY)
+    return tuple(str(row[k]) if k in _TEXT_KEYS else float(row[k]) for k in _KEY)
 
 
-def _dims(spec: embeddings.MDSpec) -> str:
-    return "-".join(str(d) for d in spec.dims)
-
-
-_GRID_FIELDS = ("seeds", "budgets", "dims", "alphas", "l2_grid", "learning_rates")
+_GRID_FIELDS = ("seeds", "budgets", "dims", "alphas", "l2_grid", "learning_rates", "methods", "factors")
 
 
 def _read_settings(path: Path) -> dict:
@@ -130,6 +168,8 @@ def _read_settings(path: Path) -> dict:
 def _merge_configs(saved: dict, config: SweepConfig, where) -> SweepConfig:
     """The union of a saved configuration and ``config`` when they differ only in grid lists."""
     new = json.loads(config.to_json())
+    defaults = json.loads(SweepConfig().to_json())  # settings a folder of an earlier version did not save
+    saved = {**{k: defaults[k] for k in ("methods", "factors", "budget_unit")}, **saved}
     fixed = sorted(k for k in set(saved) | set(new) if k not in _GRID_FIELDS and saved.get(k) != new.get(k))
     if bool(saved.get("budgets")) != bool(new.get("budgets")):
         fixed.append("budgets (explicit budgets against natural budgets from dims)")
@@ -190,8 +230,9 @@ def _run_sweep(config: SweepConfig, out_dir: Path, ratings, progress: bool, log,
         with io.atomic_write(config_path, "w") as f:
             f.write(saved.to_json())
     done = {_key(r) for r in previous}
+    cells = _cells(config)
     bar = None
-    total_runs = len(config.seeds) * (len(config.budgets) or len(config.dims)) * len(config.alphas) * \
+    total_runs = len(config.seeds) * (len(config.budgets) or len(config.dims)) * len(cells) * \
         len(config.l2_grid) * len(config.learning_rates)
     if progress:
         from tqdm.auto import tqdm
@@ -202,35 +243,41 @@ def _run_sweep(config: SweepConfig, out_dir: Path, ratings, progress: bool, log,
             train_all, test = data.split(ratings, "random", config.test_fraction, seed=seed)
             fit_part, val = data.split(train_all, "random", config.val_fraction, seed=seed + 1)
             budgets = list(config.budgets) or natural_budgets(fit_part, config.model, config.dims)
+            if not config.budgets and config.budget_unit == "bytes":
+                budgets = [4 * b for b in budgets]  # the uniform models' float32 bytes
             for budget in budgets:
-                for alpha in config.alphas:
-                    base = {"dataset": config.dataset, "model": config.model, "budget": int(budget),
-                            "alpha": float(alpha), "blocks": config.blocks, "seed": seed}
+                for method, alpha, factor in cells:
+                    base = {"dataset": config.dataset, "model": config.model, "method": method,
+                            "budget_unit": config.budget_unit, "budget": int(budget), "alpha": float(alpha),
+                            "factor": int(factor), "blocks": config.blocks, "seed": seed}
                     grid = [(l2, lr) for l2 in config.l2_grid for lr in config.learning_rates]
                     todo = [(l2, lr) for l2, lr in grid if _key({**base, "l2": l2, "learning_rate": lr}) not in done]
                     if bar is not None:
                         bar.update(len(grid) - len(todo))
                     if not todo:
                         continue
-                    model, reason = model_for_budget(fit_part, config.model, budget, alpha, config.blocks,
-                                                     config.base_dims)
+                    model, reason = model_for_method(fit_part, config.model, budget, method, alpha, factor,
+                                                     unit=config.budget_unit, blocks=config.blocks,
+                                                     base_dims=config.base_dims)
                     for l2, lr in todo:
                         row = {**base, "l2": l2, "learning_rate": lr}
                         if model is None:
                             row.update(status=f"infeasible: {reason}"[:300])
                         else:
                             try:
-                                row.update(_train_one(model, fit_part, val, test, config, seed, l2, lr, mesh))
+                                row.update(_train_one(model, method, fit_part, val, test, config, seed, l2, lr,
+                                                      mesh))
                             except train.TrainingDivergedError as err:  # a grid point, not the sweep, fails
                                 row.update(status=f"diverged: {err}"[:300])
-                                log(f"budget {budget:,}, alpha {alpha:g}, seed {seed}, l2 {l2:g}, lr {lr:g}: {err}")
+                                log(f"{method}, budget {budget:,}, alpha {alpha:g}, factor {factor}, seed {seed}, "
+                                    f"l2 {l2:g}, lr {lr:g}: {err}")
                         if writer:
                             append_result(results_path, row)
                         done.add(_key(row))
                         if bar is not None:
                             bar.update(1)
                             if "test_mse" in row:
-                                bar.set_postfix(budget=budget, alpha=alpha, test_mse=round(row["test_mse"], 4))
+                                bar.set_postfix(budget=budget, method=method, test_mse=round(row["test_mse"], 4))
                     # Every model compiles its own functions; long sweeps would otherwise
                     # accumulate compiled code until memory runs out. The runs of one model
                     # share what they can before it is dropped: its compiled initial state,
@@ -242,7 +289,16 @@ def _run_sweep(config: SweepConfig, out_dir: Path, ratings, progress: bool, log,
     return read_results(results_path)
 
 
-def _train_one(model, fit_part, val, test, config: SweepConfig, seed: int, l2: float, lr: float,
+def _cells(config: SweepConfig) -> list[tuple[str, float, int]]:
+    """``(method, alpha, factor)`` of every cell at a budget, the uniform baseline first."""
+    cells = [("uniform", 0.0, 0)] if "uniform" in config.methods or 0 in config.alphas else []
+    for method in config.methods:
+        if method != "uniform":
+            cells += [(method, alpha, factor) for alpha, factor in settings(method, config.alphas, config.factors)]
+    return cells
+
+
+def _train_one(model, method: str, fit_part, val, test, config: SweepConfig, seed: int, l2: float, lr: float,
                mesh=None) -> dict:
     started = time.perf_counter()
     if mesh is not None and mesh.shape.get("model", 1) > 1 and not train.auto_sparse(model, config.batch_size):
@@ -253,14 +309,16 @@ def _train_one(model, fit_part, val, test, config: SweepConfig, seed: int, l2: f
             "ones: use a data-only mesh (--mesh DATA 1), which also gives the one-device results")
     result = train.fit(model, fit_part, val, epochs=config.epochs, batch_size=config.batch_size,
                        learning_rate=lr, l2=l2, patience=config.patience, seed=seed, progress=False, mesh=mesh)
-    on_train = train.evaluate(model, result.params, fit_part)
-    on_val = train.evaluate(model, result.params, val)
-    on_test = train.evaluate(model, result.params, test)
+    params = quantized_params(model, result.params) if method in BYTES_ONLY else result.params
+    on_train = train.evaluate(model, params, fit_part)
+    on_val = train.evaluate(model, params, val)
+    on_test = train.evaluate(model, params, test)
     return {
         "params": models.num_params(model.config),
+        "nbytes": model_nbytes(model, method),
         "base_dim": model.config.user.base_dim,
-        "user_dims": _dims(model.config.user),
-        "item_dims": _dims(model.config.item),
+        "user_dims": describe(model.config.user),
+        "item_dims": describe(model.config.item),
         "train_mse": on_train["mse"],
         "train_mse_popular": on_train["mse_popular"],
         "train_mse_rare": on_train["mse_rare"],
