@@ -38,10 +38,26 @@ def test_lookup_matches_the_defining_sum(n_rows, dim, r1, r2, draw):
     spec = tt.tt_spec(n_rows, dim, (r1, r2))
     rng = np.random.default_rng(draw)
     cores = [rng.standard_normal((n, w)).astype(np.float32) for n, w in zip(spec.row_factors, spec.core_widths)]
-    ids = rng.integers(-2, n_rows + 2, 16)
-    want = np.array([naive_row(cores, spec, x) if 0 <= x < n_rows else np.full(dim, np.nan) for x in ids])
-    got = jax.jit(tt.lookup, static_argnums=1)(tuple(map(jnp.asarray, cores)), spec, jnp.asarray(ids, jnp.int32))
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+    for size in (16, 400):  # per-id products, and (400 ids >= n1 n2 pairs) the pairs path
+        ids = rng.integers(-2, n_rows + 2, size)
+        want = np.array([naive_row(cores, spec, x) if 0 <= x < n_rows else np.full(dim, np.nan) for x in ids])
+        got = jax.jit(tt.lookup, static_argnums=1)(tuple(map(jnp.asarray, cores)), spec, jnp.asarray(ids, jnp.int32))
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_pairs_path_has_the_per_id_gradient():
+    spec = tt.tt_spec(300, 8, (3, 2))
+    assert math.prod(spec.row_factors[:2]) > 16
+    cores = tt.init(jax.random.key(0), spec)
+    ids = jax.random.randint(jax.random.key(1), (256,), 0, 300)
+    weights = jax.random.normal(jax.random.key(2), (256, 8))
+
+    def loss(cores, chunk):  # chunks of 16 ids take the per-id products, one chunk of 256 the pairs
+        parts = [tt.lookup(cores, spec, ids[i:i + chunk]) for i in range(0, 256, chunk)]
+        return jnp.sum(jnp.concatenate(parts) * weights)
+
+    for got, want in zip(jax.grad(loss)(cores, 256), jax.grad(loss)(cores, 16)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("n_rows, dim", [(50, 8), (7, 6), (120, 4)])
