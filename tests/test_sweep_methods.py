@@ -225,14 +225,14 @@ def test_budget_sweep_script_takes_methods_and_byte_budgets(ml100k_dir, tmp_path
     env = {"MDCF_FAST": "1", "MDCF_DATA_DIR": str(ml100k_dir), "PATH": "/usr/bin:/bin",
            "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "HOME": str(tmp_path)}
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "budget_sweep.py"), "--methods", "hash",
-                           "md-int8", "--budget-unit", "bytes", "--out", str(out), "--no-progress"],
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "budget_sweep.py"), "--methods", "md-int8",
+                           "--budget-unit", "bytes", "--out", str(out), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "test MSE of each method at equal byte budgets" in done.stdout
     assert (out / "method_curves.png").is_file()
     rows = sweep.read_results(out / "results.csv")
-    assert {r["method"] for r in rows} == {"uniform", "hash", "md-int8"}  # alpha 0 of fast mode: uniform
+    assert {r["method"] for r in rows} == {"uniform", "md-int8"}  # alpha 0 of fast mode: uniform
     report = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), "--markdown", str(out)],
                             capture_output=True, text=True, env=env, timeout=120)
     assert report.returncode == 0 and "| budget (bytes) | method |" in report.stdout
