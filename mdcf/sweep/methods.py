@@ -171,20 +171,18 @@ def _md_qr_model(train, kind, budget, alpha, blocks, base_dims, tolerance, model
         return None, reason
     d0 = md.config.item.base_dim
     user_share = embeddings.num_params(md.config.user)
-    item_budget = user_share + embeddings.num_params(md.config.item)
     try:
         user = qr.for_budget(user_share, train.n_users, d0, "mult", tolerance=1.0)
-        item_budget -= embeddings.num_params(user)
-        for _ in range(2):  # MD lands up to 1% below its share: a second try adds what it left
-            item = models.build_model(train, kind, dim=d0, alpha=alpha, blocks=blocks, user_budget=user_share,
-                                      item_budget=item_budget, **model_kwargs).config.item
-            model = _with_specs(md, user, item)
-            total = models.num_params(model.config)
-            if total >= (1 - tolerance) * budget:
-                break
-            item_budget += budget - total
+        with_qr = _with_specs(md, user, md.config.item)
+        sets = len(md.config.embeddings) // 2
+        # The items take everything else: MD lands within 1% below its share, so does the total.
+        item_budget = (budget - models.num_params(with_qr.config)) // sets + embeddings.num_params(md.config.item)
+        item = models.build_model(train, kind, dim=d0, alpha=alpha, blocks=blocks, user_budget=user_share,
+                                  item_budget=item_budget, **model_kwargs).config.item
     except ValueError as err:
         return None, f"d0={d0}: {err}"
+    model = _with_specs(md, user, item)
+    total = models.num_params(model.config)
     if not (1 - tolerance) * budget <= total <= budget:
         return None, f"d0={d0}: total {total:,} is not within {tolerance:.0%} below {budget:,}"
     return model, ""
