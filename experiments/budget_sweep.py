@@ -119,11 +119,11 @@ def main(argv=None) -> int:
         print(sweep.fraction_check(rows))
     infeasible = [r for r in rows if str(r.get("status", "")).startswith("infeasible")]
     if infeasible:
-        cells = sorted({(r["budget"], r["method"], r["alpha"], r["factor"]) for r in infeasible})
-        budget, method, alpha, factor = cells[0]
-        setting = f"alpha {alpha:g}" if alpha else f"factor {factor}"
-        print(f"no model fits {len(cells)} (budget, method, setting) cells, e.g. budget {budget:,} {method} "
-              f"{setting}: {infeasible[0]['status']}")
+        cells = sorted({(r["budget"], r["method"], r["alpha"], r["factor"]): r for r in infeasible}.items())
+        (budget, method, alpha, factor), first = cells[0]
+        setting = f" alpha {alpha:g}" if alpha else f" factor {factor}" if factor else ""
+        print(f"no model fits {len(cells)} (budget, method, setting) cells, e.g. budget {budget:,} {method}"
+              f"{setting}: {first['status']}")
     if not sweep.select(rows):
         print(f"\nresults: {out / 'results.csv'}\nno finished run to plot")
         return 0

@@ -129,8 +129,9 @@ def fraction_check(rows: list[dict], factor: float = 8.0) -> str:
         best = cells[alpha]
         paired = paired_difference(best, uniform[budget])
         verdict = "matches or beats it" if np.mean(paired) <= 0 else "is worse"
+        unit = "bytes" if best[0].get("budget_unit") == "bytes" else "params"
         lines.append(
-            f"uniform at {budget:>9,} params {mean(uniform[budget]):.4f}; MD alpha {alpha:g} at {small:,} params "
+            f"uniform at {budget:>9,} {unit} {mean(uniform[budget]):.4f}; MD alpha {alpha:g} at {small:,} {unit} "
             f"({budget / small:.1f}x fewer) {mean(best):.4f}; MD - uniform per seed {np.mean(paired):+.4f} "
             f"+- {np.std(paired):.4f} (n={len(paired)}): MD {verdict}")
     if not lines:
