@@ -111,10 +111,17 @@ def test_initial_rows_have_the_table_spread():
     assert abs(float(jnp.std(rows)) - 0.1) < 0.02  # each coordinate ~ N(0, 0.1**2) as a plain table's
 
 
-def test_a_model_on_tt_tables_trains_row_sparse_as_dense(tmp_path):
+@pytest.mark.parametrize("pairs", [True, False])
+def test_a_model_on_tt_tables_trains_row_sparse_as_dense(tmp_path, monkeypatch, pairs):
+    # Batches of 512 ids hold every (i1, i2) pair of these cores: the pairs path; the
+    # per-id path is forced for the second run.
     ratings = small_ratings()
     model = model_on(ratings, tt.tt_spec(80, 4, (2, 3)), tt.tt_spec(60, 4, (3, 2)))
     config = model.config
+    assert tt.uses_pairs(config.user, 512) and tt.uses_pairs(config.item, 512)
+    if not pairs:
+        monkeypatch.setattr(tt, "uses_pairs", lambda spec, batch: False)
+    jax.clear_caches()  # steps compiled with the other path must not be reused
     sparse, dense = sparse_and_dense(model, ratings)
     assert_params_close(sparse.params, dense.params)
     moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(sparse.params["tables"]),

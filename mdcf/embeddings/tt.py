@@ -36,7 +36,7 @@ from .._checks import is_int
 from ._kernels import take_rows
 from .base import Scheme, TaggedSpec, slotless_rows
 
-__all__ = ["TTSpec", "tt_spec", "factor_rows", "factor_dim", "init", "lookup", "num_params", "nbytes",
+__all__ = ["TTSpec", "tt_spec", "uses_pairs", "factor_rows", "factor_dim", "init", "lookup", "num_params", "nbytes",
            "for_budget", "from_table", "RowPlan", "plan", "gather", "vectors", "updated_rows", "SCHEME"]
 
 
@@ -280,26 +280,54 @@ class RowPlan(NamedTuple):
     first: jax.Array
     second: jax.Array
     third: jax.Array
+    heights: tuple[int, int, int]  # the cores' stored row counts (padded on a mesh)
     fits: None = None  # a TT plan cannot overflow
+
+
+def uses_pairs(spec: TTSpec, batch: int) -> bool:
+    """Whether a batch of ``batch`` ids contracts the first two cores for every pair (at
+    least as many ids as ``(i1, i2)`` pairs) rather than per id."""
+    return spec.row_factors[0] * spec.row_factors[1] <= batch
 
 
 def plan(spec: TTSpec, ids: jax.Array, slots, heights) -> RowPlan:
     """Each id's rows of the three cores (padding, negative ids: out of range)."""
-    return RowPlan(*_indices(spec, ids))
+    return RowPlan(*_indices(spec, ids), tuple(int(h) for h in heights))
 
 
 def gather(spec: TTSpec, tables: tuple, planned: RowPlan) -> tuple:
-    """The batch's rows of each core (clamped for padding; its vectors are zeroed)."""
+    """The differentiable leaves: the batch's rows of each core (clamped for padding; its
+    vectors are zeroed), or with :func:`uses_pairs` the first two cores whole."""
+    if uses_pairs(spec, planned.first.shape[0]):
+        return tables[0], tables[1], take_rows(tables[2], planned.third, None)
     return tuple(take_rows(core, rows, None) for core, rows in zip(tables, planned[:3]))
 
 
 def vectors(spec: TTSpec, leaves: tuple, dense, planned: RowPlan) -> jax.Array:
     """``[B, dim]`` rows computed from the cores, zeros for padding."""
-    return jnp.where((planned.first < spec.row_factors[0])[:, None], _contract(spec, *leaves), 0)
+    valid = planned.first < spec.row_factors[0]
+    if not uses_pairs(spec, planned.first.shape[0]):
+        return jnp.where(valid[:, None], _contract(spec, *leaves), 0)
+    (n1, n2, _), (d1, d2, d3), (_, r2) = spec.row_factors, spec.dim_factors, spec.ranks
+    pairs = _pairs(spec, leaves[0][:n1], leaves[1][:n2])
+    left = take_rows(pairs, jnp.where(valid, planned.first * n2 + planned.second, 0), None).reshape(-1, d1 * d2, r2)
+    out = jnp.einsum("bxq,bqe->bxe", left, leaves[2].reshape(-1, r2, d3)).reshape(-1, spec.dim)
+    return jnp.where(valid[:, None], out, 0)
+
+
+def _touched(n: int, rows: jax.Array) -> jax.Array:
+    """``[n]``: ``j`` where row ``j`` appears in ``rows``, ``n`` (out of range) elsewhere."""
+    touched = jnp.zeros(n, bool).at[rows].set(True, mode="drop")
+    return jnp.where(touched, jnp.arange(n, dtype=rows.dtype), n)
 
 
 def updated_rows(spec: TTSpec, planned: RowPlan):
-    """One gradient row per batch entry in each core (repeats summed by the step)."""
+    """One gradient row per batch entry in each core (repeats summed by the step); with
+    :func:`uses_pairs`, the first two cores' gradients whole, marking the rows the batch
+    touched."""
+    if uses_pairs(spec, planned.first.shape[0]):
+        return ((_touched(planned.heights[0], planned.first), _touched(planned.heights[1], planned.second),
+                 planned.third), ("whole", "whole", "rows"))
     return tuple(planned[:3]), ("rows", "rows", "rows")
 
 
