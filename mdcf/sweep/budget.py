@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from .. import models
 
-__all__ = ["PAPER_ABLATION_BUDGET", "PAPER_ABLATION_ROWS", "natural_budgets", "uniform_for_budget", "model_for_budget",
+__all__ = ["PAPER_ABLATION_BUDGET", "PAPER_ABLATION_ROWS", "natural_budgets", "largest_fitting", "uniform_for_budget", "model_for_budget",
            "ablation_budget", "ablation_model_budget"]
 
 # The paper's ablation used 2**21 parameters on MovieLens ("ml-latest", about 283k users
@@ -20,11 +20,9 @@ def natural_budgets(train, kind: str, dims: Iterable[int], **model_kwargs) -> li
     return [models.num_params(models.build_model(train, kind, dim=d, **model_kwargs).config) for d in dims]
 
 
-def uniform_for_budget(train, kind: str, budget: int, **model_kwargs):
-    """The largest uniform model whose total parameter count is at most ``budget`` (binary search on d)."""
-    def size(d):
-        return models.num_params(models.build_model(train, kind, dim=d, **model_kwargs).config)
-
+def largest_fitting(size: Callable[[int], int], budget: int) -> int | None:
+    """The largest integer ``x >= 1`` with ``size(x) <= budget`` for a ``size`` that grows
+    with ``x`` (doubling, then bisection); None when ``size(1)`` is already above it."""
     if size(1) > budget:
         return None
     low, high = 1, 2
@@ -33,7 +31,14 @@ def uniform_for_budget(train, kind: str, budget: int, **model_kwargs):
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if size(middle) <= budget else (low, middle)
-    return models.build_model(train, kind, dim=low, **model_kwargs)
+    return low
+
+
+def uniform_for_budget(train, kind: str, budget: int, **model_kwargs):
+    """The largest uniform model whose total parameter count is at most ``budget`` (binary search on d)."""
+    dim = largest_fitting(
+        lambda d: models.num_params(models.build_model(train, kind, dim=d, **model_kwargs).config), budget)
+    return None if dim is None else models.build_model(train, kind, dim=dim, **model_kwargs)
 
 
 def model_for_budget(train, kind: str, budget: int, alpha: float, blocks: int, base_dims: Sequence[int],

@@ -44,7 +44,7 @@ from typing import Sequence
 
 from .. import embeddings, models
 from ..embeddings import hashing, lowrank, qr, quantize, tt
-from .budget import uniform_for_budget, model_for_budget
+from .budget import largest_fitting, model_for_budget, uniform_for_budget
 
 __all__ = ["METHODS", "FACTOR_METHODS", "BYTES_ONLY", "settings", "model_for_method", "model_nbytes", "describe",
            "quantized_params"]
@@ -123,16 +123,10 @@ def _qr_model(train, kind, budget, collisions, model_kwargs):
         probe = models.build_model(train, kind, dim=d0, **model_kwargs)
         return _with_specs(probe, spec(train.n_users), spec(train.n_items))
 
-    size = lambda d0: models.num_params(build(d0).config)  # noqa: E731
-    if size(1) > budget:
-        return None, f"budget {budget:,} is below QR at d0=1 with {collisions} collisions ({size(1):,})"
-    low, high = 1, 2
-    while size(high) <= budget:
-        low, high = high, high * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if size(middle) <= budget else (low, middle)
-    return build(low), ""
+    d0 = largest_fitting(lambda d: models.num_params(build(d).config), budget)
+    if d0 is None:
+        return None, f"budget {budget:,} is below QR at d0=1 with {collisions} collisions"
+    return build(d0), ""
 
 
 def _factor_model(train, kind, budget, method, factor, tolerance, model_kwargs):
@@ -197,15 +191,10 @@ def _int8_model(train, kind, budget, alpha, blocks, base_dims, tolerance, model_
         def size(d):
             return model_nbytes(models.build_model(train, kind, dim=d, **model_kwargs), method)
 
-        if size(1) > budget:
+        dim = largest_fitting(size, budget)
+        if dim is None:
             return None, f"budget {budget:,} bytes is below the smallest uniform int8 model ({size(1):,})"
-        low, high = 1, 2
-        while size(high) <= budget:
-            low, high = high, high * 2
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (middle, high) if size(middle) <= budget else (low, middle)
-        return models.build_model(train, kind, dim=low, **model_kwargs), ""
+        return models.build_model(train, kind, dim=dim, **model_kwargs), ""
     target = (1 - tolerance / 10) * budget  # MD lands up to ``tolerance`` below a parameter budget
     found, reasons = [], []
     for d0 in sorted(base_dims):
