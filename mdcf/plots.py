@@ -14,6 +14,7 @@ import numpy as np
 
 from . import io
 from .sweep.analysis import method_cells, select, uniform_and_md
+from .sweep.methods import METHODS
 from .sweep.ctr import ctr_cells
 
 __all__ = ["budget_curves", "method_curves", "alpha_ablation", "block_dims", "frequency_curve", "ctr_curves", "ctr_learning_curves", "save"]
@@ -75,9 +76,7 @@ def method_curves(rows, metric: str = "test_mse", ax=None, title: str | None = N
         raise ValueError("method_curves: no finished run to plot (every run is infeasible or diverged, or none ran)")
     in_bytes = any(r.get("budget_unit") == "bytes" for r in rows)
     fig, ax = _axes(ax)
-    markers = dict(uniform="s", md="o", hash="v", qr="^", lowrank="<", tt=">", **{"md-qr": "D", "uniform-int8": "x",
-                                                                                   "md-int8": "P"})
-    for method in markers:
+    for method, marker in zip(METHODS, "sov^<>DxP*"):
         points = sorted((budget, cell) for (budget, m), (_, cell) in cells.items() if m == method)
         if not points:
             continue
@@ -85,7 +84,7 @@ def method_curves(rows, metric: str = "test_mse", ax=None, title: str | None = N
         values = [[r[metric] for r in cell] for _, cell in points]
         style = dict(color="black", linestyle="--") if method == "uniform" else {}
         ax.errorbar(size, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], capsize=3,
-                    marker=markers[method], label=method, **style)
+                    marker=marker, label=method, **style)
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .methods import ALPHA_METHODS, METHODS
+
 __all__ = ["select", "method_of", "uniform_and_md", "best_alpha", "paired_difference", "summary_table", "claim_check",
            "fraction_check", "ablation_table", "ablation_runs_table", "markdown_sweep", "markdown_ablation",
            "method_cells", "methods_table", "markdown_methods"]
@@ -229,7 +231,7 @@ def method_cells(rows: list[dict]) -> dict[tuple[int, str], tuple[str, list[dict
     for key, by_setting in settings.items():
         (alpha, factor), cell = min(by_setting.items(), key=lambda kv: float(np.mean([r["val_mse"] for r in kv[1]])))
         method = key[1]
-        label = (f"α={alpha:g}" if method in ("md", "md-qr", "md-int8") else f"m={factor}" if method == "qr"
+        label = (f"α={alpha:g}" if method in ALPHA_METHODS else f"m={factor}" if method == "qr"
                  else f"×{factor}" if factor else "")
         out[key] = (label, cell)
     return out
@@ -242,8 +244,7 @@ def _size_of(row: dict) -> int:
 def _method_lines(rows: list[dict]):
     """``(budget, method, setting, size, fill, test, paired-uniform, paired-md)`` per cell."""
     cells = method_cells(rows)
-    order = {m: i for i, m in enumerate(("uniform", "md", "hash", "qr", "lowrank", "tt", "md-qr", "uniform-int8",
-                                         "md-int8"))}
+    order = {m: i for i, m in enumerate(METHODS)}
     for budget, method in sorted(cells, key=lambda k: (k[0], order.get(k[1], 99))):
         label, cell = cells[budget, method]
         size = float(np.mean([_size_of(r) for r in cell]))

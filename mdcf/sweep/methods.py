@@ -46,13 +46,13 @@ from .. import embeddings, models
 from ..embeddings import hashing, lowrank, qr, quantize, tt
 from .budget import largest_fitting, model_for_budget, uniform_for_budget
 
-__all__ = ["METHODS", "FACTOR_METHODS", "BYTES_ONLY", "settings", "model_for_method", "model_nbytes", "describe",
-           "quantized_params"]
+__all__ = ["METHODS", "ALPHA_METHODS", "FACTOR_METHODS", "BYTES_ONLY", "settings", "model_for_method", "model_nbytes",
+           "describe", "quantized_params"]
 
 METHODS = ("uniform", "md", "hash", "qr", "lowrank", "tt", "md-qr", "uniform-int8", "md-int8")
 FACTOR_METHODS = ("hash", "qr", "lowrank", "tt")
 BYTES_ONLY = ("uniform-int8", "md-int8")
-_ALPHA_METHODS = ("md", "md-qr", "md-int8")
+ALPHA_METHODS = ("md", "md-qr", "md-int8")
 _BUILDERS = {
     "hash": lambda budget, n, d, tolerance: hashing.for_budget(budget, n, d),
     "lowrank": lambda budget, n, d, tolerance: lowrank.for_budget(budget, n, d, tolerance=tolerance),
@@ -65,7 +65,7 @@ def settings(method: str, alphas: Sequence[float], factors: Sequence[int]) -> li
     the method has none); ``alphas`` of 0 are the uniform baseline, not an MD setting."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method in _ALPHA_METHODS:
+    if method in ALPHA_METHODS:
         return [(float(a), 0) for a in alphas if a > 0]
     if method in FACTOR_METHODS:
         return [(0.0, int(f)) for f in factors]
@@ -249,7 +249,7 @@ def model_for_method(train, kind: str, budget: int, method: str, alpha: float = 
     if method in BYTES_ONLY and unit != "bytes":
         raise ValueError(f"{method} keeps as many parameters as its float model and saves bytes: compare it with "
                          "unit='bytes' (--budget-unit bytes)")
-    if method in _ALPHA_METHODS and not alpha > 0:
+    if method in ALPHA_METHODS and not alpha > 0:
         raise ValueError(f"{method} needs an alpha > 0, got {alpha!r}")
     if method in FACTOR_METHODS and not (isinstance(factor, int) and factor >= 1):
         raise ValueError(f"{method} needs a factor >= 1 (its base dimension over the uniform one), got {factor!r}")
