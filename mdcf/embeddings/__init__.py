@@ -10,6 +10,7 @@ The public contract::
     QRSpec (mdcf.embeddings.qr)                    quotient-remainder: two small tables combined per id
     lowrank.low_rank, lowrank.for_budget           a table times a shared matrix (MD with one block)
     TTSpec (mdcf.embeddings.tt)                    tensor-train: three small cores, rows computed per id
+    FieldsSpec (mdcf.embeddings.fields)            one spec per field over stacked rows (DLRM's per-table schemes)
     quantize.quantize, quantize.lookup             post-training int8 / int4 rows of a trained MD layer
     lookup_bag, materialize, check_ids             MD lookups
     block_capacities, head_blocks, route, ...      the MD layer's grouped path
@@ -24,10 +25,11 @@ Example:
   (3, 32)
 """
 
-from . import hashing, lowrank, md_rows, qr, quantize, tt
+from . import fields, hashing, lowrank, md_rows, qr, quantize, tt
 from ._kernels import project, scatter_rows, take_rows
 from .base import (RowSparse, Scheme, TaggedSpec, init, join, lookup, nbytes, num_params, register, row_heights,
                    scheme, slotless_rows, spec_from_dict, split)
+from .fields import FieldsSpec
 from .hashing import HashSpec
 from .qr import QRSpec
 from .tt import TTSpec
@@ -56,6 +58,7 @@ register(MDSpec, Scheme(
 register(HashSpec, hashing.SCHEME)
 register(QRSpec, qr.SCHEME)
 register(TTSpec, tt.SCHEME)
+register(FieldsSpec, fields.SCHEME)
 
 __all__ = [
     "RowSparse",
@@ -79,6 +82,8 @@ __all__ = [
     "qr",
     "TTSpec",
     "tt",
+    "FieldsSpec",
+    "fields",
     "lowrank",
     "quantize",
     "MDParams",

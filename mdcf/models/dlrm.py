@@ -337,12 +337,38 @@ def _xavier_embedding(key, config: DLRMConfig, tables, projections):
     return tree.unflatten(out)
 
 
+def _xavier_fields(key, config: DLRMConfig):
+    """``(tables, dense)`` of a per-field table (:class:`~mdcf.embeddings.FieldsSpec`): plain
+    and MD parts Xavier-uniform leaf by leaf; other schemes drawn by their own ``init`` with
+    rows of the variance a Xavier-uniform table of the field would have, ``2 / (n_f + d0)``
+    (a quotient-remainder product or tensor-train contraction of Xavier-uniform leaves would not)."""
+    spec = config.table
+    tables, dense = [], []
+    for f, (k, part) in enumerate(zip(jax.random.split(key, len(spec.parts)), spec.parts)):
+        if isinstance(part, MDSpec):
+            t, d = embeddings.split(part, embeddings.init(k, part))
+            leaves, tree = jax.tree.flatten((t, d))
+            keys = jax.random.split(jax.random.fold_in(k, 1), max(len(leaves), 1))
+            t, d = tree.unflatten([_xavier(kk, *leaf.shape).astype(leaf.dtype) if leaf.ndim == 2 else leaf
+                                   for kk, leaf in zip(keys, leaves)])
+        else:
+            stddev = float(np.sqrt(2.0 / (part.n_rows + spec.base_dim)))
+            t, d = embeddings.split(part, embeddings.init(k, part, stddev))
+        tables.append(t)
+        dense.append(d)
+    return tuple(tables), tuple(dense)
+
+
 def init(key: jax.Array, config: DLRMConfig) -> dict:
     """Initial parameters ``{"tables": {"fields": ...}, "dense": {"projections": {"fields": ...},
     "bottom": [...], "top": [...]}}`` (the layout of the rating models: tables by rows, the rest dense)."""
     k_table, k_bottom, k_top = jax.random.split(key, 3)
-    tables, projections = embeddings.split(config.table, embeddings.init(k_table, config.table, config.init_stddev))
-    if config.embedding_init == "xavier":
+    if config.embedding_init == "xavier" and isinstance(config.table, embeddings.FieldsSpec):
+        tables, projections = _xavier_fields(k_table, config)
+    else:
+        tables, projections = embeddings.split(config.table, embeddings.init(k_table, config.table,
+                                                                             config.init_stddev))
+    if config.embedding_init == "xavier" and not isinstance(config.table, embeddings.FieldsSpec):
         tables, projections = _xavier_embedding(jax.random.fold_in(k_table, 1), config, tables, projections)
     bottom_sizes, top_sizes = config.layer_sizes()
     return {"tables": {"fields": tables},
