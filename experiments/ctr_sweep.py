@@ -3,21 +3,26 @@
 The budgets are the embedding sizes of uniform tables at d = 2, 4, 8, 16, 32; at each,
 MD tables with base dimension 32 and temperatures 0.1-0.4 get the same number of
 embedding parameters (projections counted, within 1% below). Every run trains with
-the MD paper's settings (Amsgrad, learning rate 1e-3, batch 4,096, one epoch),
-keeps its best validation epoch and is scored on the test part. Writes
+Amsgrad for one epoch (batch 1,024 and learning rate 3e-3 by default, sized for the
+synthetic set; the paper's 4,096 and 1e-3 suit a Criteo file), keeps its best
+validation epoch and is scored on the test part. Writes
 ``results.csv`` (one row per run; resumable), ``config.json`` and the figures
 ``ctr_curves.png/.pdf`` (test metrics against embedding parameters) and
 ``ctr_learning_curves.png/.pdf`` (training logloss along training at the smallest
 budget) to the output folder, and prints a table with each MD cell's accuracy
 difference to uniform at the same budget, paired by seed. The paper's control,
 blocks cut by frequency across all fields (``md-frequency``), runs beside each MD
-cell (``--no-control`` to skip it).
+cell (``--no-control`` to skip it). ``--methods`` adds the other ways to shrink the
+tables at the same budgets, per field (``hash``, ``qr``, ``lowrank``, ``tt`` at each of
+``--factors``; see :mod:`mdcf.sweep.ctr`): a table of every method at its setting chosen
+on validation, and ``ctr_method_curves.png/.pdf``.
 
 Examples::
 
     python experiments/ctr_sweep.py                                  # synthetic Criteo-shaped clicks
     python experiments/ctr_sweep.py --data ~/criteo/train.txt        # the Kaggle file (not downloaded)
     python experiments/ctr_sweep.py --dims 2 32 --alphas 0.3 --seeds 0
+    python experiments/ctr_sweep.py --methods uniform md hash qr lowrank tt --factors 2 4
     MDCF_FAST=1 python experiments/ctr_sweep.py                      # a tiny smoke run
 """
 
@@ -48,6 +53,10 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
     parser.add_argument("--base-dim", type=int, default=defaults.base_dim, help="MD output dimension d0")
     parser.add_argument("--no-control", action="store_true", help="skip the frequency-blocked control")
+    parser.add_argument("--methods", nargs="+", default=list(defaults.methods), choices=sweep.CTR_METHODS,
+                        help="what runs at each budget (default: uniform md)")
+    parser.add_argument("--factors", type=int, nargs="+", default=list(defaults.factors),
+                        help="settings of hash, lowrank, tt (base dimension over d) and qr (collisions)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
@@ -64,7 +73,7 @@ def main(argv=None) -> int:
             dataset=args.data or "synthetic", examples=args.examples, cap=args.cap, fields=args.fields,
             threshold=args.threshold,
             dims=tuple(args.dims), alphas=tuple(args.alphas), seeds=tuple(args.seeds), base_dim=args.base_dim,
-            control=not args.no_control,
+            control=not args.no_control, methods=tuple(args.methods), factors=tuple(args.factors),
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     except ValueError as err:
         print(f"ctr_sweep.py: error: {err}", file=sys.stderr)
@@ -83,6 +92,10 @@ def main(argv=None) -> int:
     print(f"\n{name}: DLRM test metrics at equal embedding budgets (seeds {list(config.seeds)}; "
           f"{len(parts.train):,} training examples, {sum(parts.field_rows):,} rows in {len(parts.field_rows)} fields)")
     print(sweep.ctr_table(rows))
+    others = any(r["method"] in sweep.CTR_FACTOR_METHODS for r in rows if r["status"] == "ok")
+    if others:
+        print("\nEvery method at its setting chosen on validation logloss:")
+        print(sweep.ctr_methods_table(rows))
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         print(f"{len(bad)} run(s) did not finish, e.g. {bad[0]['method']} d={bad[0]['budget_dim']} "
@@ -94,7 +107,12 @@ def main(argv=None) -> int:
     smallest = min(key[0] for key in sweep.ctr_cells(rows))
     curves = plots.save(plots.ctr_learning_curves(rows, smallest, title=f"{name}: training at the budget of d = "
                                                   f"{smallest}"), out / "ctr_learning_curves")
-    print(f"\nresults: {out / 'results.csv'}\nplot:    {paths[0]} and {curves[0]} (and .pdf)")
+    if others:
+        curves_methods = plots.save(plots.ctr_method_curves(rows, title=f"DLRM on {name}: the ways to shrink tables"),
+                                    out / "ctr_method_curves")
+        paths.append(curves_methods[0])
+    print(f"\nresults: {out / 'results.csv'}\nplot:    {paths[0]} and {curves[0]} (and .pdf)"
+          + (f"; {paths[-1]}" if others else ""))
     return 0
 
 

@@ -15,9 +15,10 @@ import numpy as np
 from . import io
 from .sweep.analysis import method_cells, select, uniform_and_md
 from .sweep.methods import METHODS
-from .sweep.ctr import ctr_cells
+from .sweep.ctr import CTR_METHODS, ctr_cells, ctr_method_cells
 
-__all__ = ["budget_curves", "method_curves", "alpha_ablation", "block_dims", "frequency_curve", "ctr_curves", "ctr_learning_curves", "save"]
+__all__ = ["budget_curves", "method_curves", "alpha_ablation", "block_dims", "frequency_curve", "ctr_curves",
+           "ctr_learning_curves", "ctr_method_curves", "save"]
 
 
 def _axes(ax=None, size=(6.0, 4.0)):
@@ -207,6 +208,41 @@ def ctr_curves(rows, metrics: Sequence[str] = ("test_accuracy", "test_logloss"),
         ax.set_ylabel(metric.replace("_", " "))
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def ctr_method_curves(rows, metrics: Sequence[str] = ("test_logloss", "test_auc"), axes=None,
+                      title: str | None = None):
+    """Click-sweep metrics against embedding parameters (log x), one curve per method at its
+    validation-chosen setting per budget (:func:`mdcf.sweep.ctr_method_cells`), mean +- std
+    over seeds."""
+    import matplotlib.pyplot as plt
+
+    cells = ctr_method_cells(rows)
+    if not cells:
+        raise ValueError("ctr_method_curves: no finished run to plot (every run is infeasible or diverged, or none ran)")
+    if axes is None:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.0), squeeze=False)
+        axes = axes[0]
+    else:
+        fig = axes[0].figure
+    for ax, metric in zip(axes, metrics):
+        for method, marker in zip(CTR_METHODS, "sov^<>D"):
+            points = sorted((dim, runs) for (dim, m), (_, runs) in cells.items() if m == method)
+            if not points:
+                continue
+            params = [np.mean([r["embedding_params"] for r in runs]) for _, runs in points]
+            values = [[r[metric] for r in runs] for _, runs in points]
+            style = dict(color="black", linestyle="--") if method == "uniform" else {}
+            ax.errorbar(params, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], capsize=3,
+                        marker=marker, label=method, **style)
+        ax.set_xscale("log")
+        ax.set_xlabel("embedding parameters (projections and cores included)")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize="small")
     if title:
         fig.suptitle(title)
     return fig

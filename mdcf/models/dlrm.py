@@ -17,6 +17,10 @@ dlrm's Kaggle configuration is the default: bottom 13-512-256-64-16, top 367-512
 default (``embedding_init="xavier"``: each 2-D leaf uniform in ``+-sqrt(6 / (fan_in +
 fan_out))``, a stacked single-block table per field, as dlrm's separate tables), or as
 their scheme draws them (``"normal"``: :func:`mdcf.embeddings.init` with ``init_stddev``).
+A per-field table (:class:`~mdcf.embeddings.FieldsSpec`: hashing, quotient-remainder or
+tensor-train per field, as dlrm and TT-Rec apply them) draws its plain and MD parts
+Xavier-uniform and its other parts by their scheme with rows of the field's Xavier
+variance ``2 / (n_f + d0)``.
 
 A :class:`DLRMConfig` has the ``click`` task (:data:`mdcf.models.CLICK`): it trains with
 :func:`mdcf.train.make_train_step` and :func:`mdcf.train.fit` like the rating models, on
@@ -145,8 +149,9 @@ class DLRMConfig:
     @property
     def column_sides(self) -> tuple[str, ...]:
         """Sides whose id columns each lie in one part of the layer: ``("rows",)`` when the
-        table has one block per field, in field order (field ``f``'s rows are block ``f``),
-        so that a row-sparse step reads block ``f`` from column ``f`` without routing."""
+        table has one block (MD) or one part (:class:`~mdcf.embeddings.FieldsSpec`) per field,
+        in field order, so that lookups and row-sparse steps read part ``f`` from column ``f``
+        without routing."""
         sizes = getattr(self.table, "sizes", None)
         aligned = sizes is not None and tuple(sizes) == self.field_rows
         return ("rows",) if self.row_order == "fields" and self.n_fields > 1 and aligned else ()

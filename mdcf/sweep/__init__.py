@@ -50,7 +50,8 @@ from .budget import (
     model_for_budget,
     natural_budgets,
 )
-from .ctr import (CTR_COLUMNS, CTRSweepConfig, ctr_cells, ctr_fast_mode, ctr_table, load_clicks, read_ctr_results,
+from .ctr import (CTR_COLUMNS, CTR_FACTOR_METHODS, CTR_METHODS, CTRSweepConfig, ctr_cells, ctr_fast_mode,
+                  ctr_method_cells, ctr_methods_table, ctr_model, ctr_table, load_clicks, read_ctr_results,
                   run_ctr_sweep)
 from .config import SweepConfig, add_device_arguments, check_dataset, fast_mode, load_dataset, mesh_from_arguments
 from .methods import BYTES_ONLY, FACTOR_METHODS, METHODS, model_for_method, model_nbytes, quantized_params
@@ -102,4 +103,9 @@ __all__ = [
     "ctr_fast_mode",
     "ctr_cells",
     "ctr_table",
+    "CTR_METHODS",
+    "CTR_FACTOR_METHODS",
+    "ctr_model",
+    "ctr_method_cells",
+    "ctr_methods_table",
 ]

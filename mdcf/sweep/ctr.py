@@ -14,8 +14,19 @@ batch 4,096) for the configured epochs, keeps the best validation epoch, and is
 scored on the test part. The data split is fixed; seeds vary the initial
 parameters and the shuffles.
 
+The other ways to shrink the tables run at the same budgets, per field as dlrm and
+TT-Rec apply them (:mod:`mdcf.embeddings.fields`), each at every *factor*: ``hash``
+(each field hashed into a common share of its rows), ``lowrank`` (per-field ``[n_f, r]``
+tables with their ``r x d0`` projections, one rank) and ``tt`` (tensor-train cores at
+common ranks) have the base dimension ``factor * d`` and fill the budget with their own
+size; ``qr`` takes ``factor`` collisions in every field large enough to save by it, at
+the largest base dimension that fits. A field where a scheme would not save parameters
+is a plain table. Each method's setting (alpha, factor) is chosen on validation
+logloss (:func:`ctr_method_cells`), never on test.
+
 Results go to ``results.csv`` (one row per run, appended atomically); a rerun
-skips the runs already there.
+skips the runs already there, and a rerun with more grid values (dims, alphas,
+seeds, methods, factors) extends the folder.
 """
 
 from __future__ import annotations
@@ -23,27 +34,34 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from .. import data, embeddings, io, models, train
+from ..embeddings import fields
 from ..models import dlrm
 from .runs import append_result, read_results
 
-__all__ = ["CTRSweepConfig", "CTR_COLUMNS", "run_ctr_sweep", "read_ctr_results", "load_clicks", "ctr_fast_mode",
-           "ctr_cells", "ctr_table"]
+__all__ = ["CTRSweepConfig", "CTR_COLUMNS", "CTR_METHODS", "CTR_FACTOR_METHODS", "run_ctr_sweep", "read_ctr_results",
+           "load_clicks", "ctr_fast_mode", "ctr_model", "ctr_cells", "ctr_table", "ctr_method_cells",
+           "ctr_methods_table"]
 
+CTR_METHODS = ("uniform", "md", "md-frequency", "hash", "qr", "lowrank", "tt")
+CTR_FACTOR_METHODS = ("hash", "qr", "lowrank", "tt")
 CTR_COLUMNS = (
-    "dataset", "model", "method", "budget_dim", "budget", "embedding_params", "params", "alpha", "base_dim", "dims",
-    "seed", "learning_rate", "train_logloss", "val_logloss", "val_auc", "test_logloss", "test_accuracy", "test_auc",
-    "epochs", "best_epoch", "train_seconds", "seconds", "train_curve", "status",
+    "dataset", "model", "method", "budget_dim", "budget", "embedding_params", "params", "alpha", "factor", "base_dim",
+    "dims", "seed", "learning_rate", "train_logloss", "val_logloss", "val_auc", "test_logloss", "test_accuracy",
+    "test_auc", "epochs", "best_epoch", "train_seconds", "seconds", "train_curve", "status",
 )
-_INTS = ("budget_dim", "budget", "embedding_params", "params", "base_dim", "seed", "epochs", "best_epoch")
+# The layout before the other methods (no factor column): read, and rewritten by a sweep.
+_CTR_COLUMNS_V1 = tuple(c for c in CTR_COLUMNS if c != "factor")
+_INTS = ("budget_dim", "budget", "embedding_params", "params", "factor", "base_dim", "seed", "epochs", "best_epoch")
 _TEXTS = ("dataset", "model", "method", "dims", "train_curve", "status")
-_KEY = ("dataset", "method", "budget_dim", "alpha", "seed")
+_KEY = ("dataset", "method", "budget_dim", "alpha", "factor", "seed")
+_GRID = ("dims", "alphas", "seeds", "methods", "factors")
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,11 @@ class CTRSweepConfig:
         batch 4,096 and learning rate 1e-3, tuned for Criteo's 45M examples, would give
         only about 110 steps. For a Criteo file use ``batch_size=4096, learning_rate=1e-3``.
       bottom, top: hidden sizes of DLRM's MLPs.
+      methods: what runs at each budget (:data:`CTR_METHODS`): ``uniform``, ``md`` (at every
+        alpha), ``md-frequency`` (also added by ``control``) and the per-field schemes
+        ``hash``, ``qr``, ``lowrank``, ``tt`` (at every factor; see the module docstring).
+      factors: the per-field schemes' settings: base dimension over ``d`` (``hash``,
+        ``lowrank``, ``tt``) or collisions (``qr``).
     """
 
     dataset: str = "synthetic"
@@ -85,10 +108,19 @@ class CTRSweepConfig:
     learning_rate: float = 3e-3
     bottom: tuple[int, ...] = (512, 256, 64)
     top: tuple[int, ...] = (512, 256)
+    methods: tuple[str, ...] = ("uniform", "md")
+    factors: tuple[int, ...] = (2, 4)
 
     def __post_init__(self):
-        for name in ("dims", "alphas", "seeds", "bottom", "top"):
+        for name in ("dims", "alphas", "seeds", "bottom", "top", "methods", "factors"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        unknown = [m for m in self.methods if m not in CTR_METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"methods must be some of {CTR_METHODS}, got {list(self.methods)}")
+        if any(not (isinstance(f, int) and f >= 1) for f in self.factors) or \
+                (not self.factors and any(m in CTR_FACTOR_METHODS for m in self.methods)):
+            raise ValueError(f"factors must be integers >= 1 (one at least for {CTR_FACTOR_METHODS}), "
+                             f"got {list(self.factors)}")
         if not 1 <= self.fields <= 26:
             raise ValueError(f"fields must be 1 to 26 (the first Kaggle fields of the synthetic set), got {self.fields}")
         if not self.dims or min(self.dims) < 1:
@@ -99,6 +131,21 @@ class CTRSweepConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
+    def runs(self) -> list[tuple[str, float, int]]:
+        """``(method, alpha, factor)`` of every run at one budget and seed, in method order."""
+        methods = set(self.methods) | ({"md-frequency"} if self.control else set())
+        out = []
+        for method in CTR_METHODS:
+            if method not in methods:
+                continue
+            if method in ("md", "md-frequency"):
+                out += [(method, float(a), 0) for a in self.alphas]
+            elif method in CTR_FACTOR_METHODS:
+                out += [(method, 0.0, int(f)) for f in self.factors]
+            else:
+                out.append((method, 0.0, 0))
+        return out
+
 
 def ctr_fast_mode(config: CTRSweepConfig) -> CTRSweepConfig:
     """A tiny version of ``config`` for tests and notebooks: a small synthetic set of six
@@ -106,7 +153,8 @@ def ctr_fast_mode(config: CTRSweepConfig) -> CTRSweepConfig:
     small to tell the methods apart)."""
     return CTRSweepConfig(dataset="synthetic", examples=4_000, cap=100, fields=6, data_seed=config.data_seed,
                           dims=(2,), alphas=(0.4,), seeds=(0,), base_dim=16, epochs=1, batch_size=512,
-                          learning_rate=3e-3, bottom=(16,), top=(16,))
+                          learning_rate=3e-3, bottom=(16,), top=(16,), methods=config.methods,
+                          factors=config.factors[:1], control=config.control)
 
 
 def load_clicks(config: CTRSweepConfig) -> data.CTRSplit:
@@ -120,22 +168,69 @@ def load_clicks(config: CTRSweepConfig) -> data.CTRSplit:
 
 def read_ctr_results(path, *, set_aside: bool = False) -> list[dict]:
     """The rows of a click sweep's ``results.csv`` (:data:`CTR_COLUMNS`)."""
-    return read_results(path, set_aside=set_aside, columns=CTR_COLUMNS, ints=_INTS, texts=_TEXTS)
+    return read_results(path, set_aside=set_aside, columns=CTR_COLUMNS, ints=_INTS, texts=_TEXTS,
+                        upgrades={_CTR_COLUMNS_V1: lambda row: {**row, "factor": "0"}})
 
 
 def _key(row: dict) -> tuple:
-    return tuple(str(row[k]) if k in ("dataset", "method") else float(row[k]) for k in _KEY)
+    return tuple(str(row[k]) if k in ("dataset", "method") else float(row[k] or 0) for k in _KEY)
 
 
-def _model_for(config: CTRSweepConfig, parts: data.CTRSplit, method: str, dim: int, alpha: float):
-    layers = dict(bottom=config.bottom, top=config.top)
-    rows = parts.field_rows
+def ctr_model(field_rows, method: str, budget_dim: int, *, alpha: float = 0.0, factor: int = 0, base_dim: int = 32,
+              counts=None, n_dense: int = 13, bottom=(512, 256, 64), top=(512, 256)):
+    """The DLRM of one click-sweep run: ``method`` (:data:`CTR_METHODS`) at the embedding
+    budget of a uniform table of dimension ``budget_dim`` (``budget_dim * sum(field_rows)``
+    parameters, projections and cores counted). ``counts`` (per field, each code's training
+    occurrences) is needed by ``md-frequency``. Returns a :class:`~mdcf.models.dlrm.DLRMConfig`
+    (a :class:`~mdcf.models.dlrm.CTRModel` for ``md-frequency``).
+
+    Raises:
+      ValueError: an unknown method, a missing setting, or a budget the method cannot meet.
+    """
+    rows = tuple(int(r) for r in field_rows)
+    budget = int(budget_dim) * sum(rows)
+    layers = dict(n_dense=n_dense, bottom=tuple(bottom), top=tuple(top))
+    if method not in CTR_METHODS:
+        raise ValueError(f"method must be one of {CTR_METHODS}, got {method!r}")
+    if method in ("md", "md-frequency") and not alpha > 0:
+        raise ValueError(f"{method} needs an alpha > 0, got {alpha!r}")
+    if method in CTR_FACTOR_METHODS and not (isinstance(factor, int) and factor >= 1):
+        raise ValueError(f"{method} needs a factor >= 1, got {factor!r}")
     if method == "uniform":
-        return dlrm.dlrm_config(rows, dim=dim, **layers)
+        return dlrm.dlrm_config(rows, dim=budget_dim, **layers)
+    if method == "md":
+        return dlrm.dlrm_config(rows, dim=base_dim, alpha=alpha, budget=budget, **layers)
     if method == "md-frequency":
-        return dlrm.frequency_blocked(rows, parts.counts, blocks=len(rows), dim=config.base_dim, alpha=alpha,
-                                      budget=dim * sum(rows), **layers)
-    return dlrm.dlrm_config(rows, dim=config.base_dim, alpha=alpha, budget=dim * sum(rows), **layers)
+        if counts is None:
+            raise ValueError("md-frequency needs counts (per field, each code's training occurrences)")
+        return dlrm.frequency_blocked(rows, counts, blocks=len(rows), dim=base_dim, alpha=alpha, budget=budget,
+                                      **layers)
+    if method == "qr":
+        per_dim = embeddings.num_params(fields.quotient_remainder(rows, 1, factor))
+        if budget < per_dim:
+            raise ValueError(f"qr: budget {budget:,} is below QR at d0 = 1 with {factor} collisions ({per_dim:,})")
+        table = fields.quotient_remainder(rows, budget // per_dim, factor)
+    else:
+        build = {"hash": fields.hashed, "lowrank": fields.low_rank_fields, "tt": fields.tensor_train}[method]
+        table = build(rows, budget, factor * budget_dim)
+    return dlrm.DLRMConfig(table, rows, **layers)
+
+
+def _describe(table) -> str:
+    """The ``dims`` column: MD block dimensions, or a per-field scheme's size."""
+    if isinstance(table, embeddings.MDSpec):
+        return "-".join(str(d) for d in table.dims)
+    parts = [p for p in table.parts if not isinstance(p, embeddings.MDSpec)]
+    if not parts:
+        return "plain"
+    first = parts[0]
+    if isinstance(first, embeddings.HashSpec):
+        detail = f"buckets/rows {sum(p.n_buckets for p in parts) / sum(p.n_rows for p in parts):.3f}"
+    elif isinstance(first, embeddings.QRSpec):
+        detail = f"m={first.collisions}"
+    else:
+        detail = f"r={max(max(p.ranks) for p in parts)}"
+    return f"{fields.SCHEME.name}: {len(parts)}/{len(table.parts)} {embeddings.scheme(first).name} {detail}"
 
 
 def _train_one(model, parts: data.CTRSplit, config: CTRSweepConfig, seed: int) -> dict:
@@ -147,7 +242,7 @@ def _train_one(model, parts: data.CTRSplit, config: CTRSweepConfig, seed: int) -
     structure = models.config_of(model)
     return {
         "embedding_params": embeddings.num_params(structure.table), "params": models.num_params(model),
-        "base_dim": structure.dim, "dims": "-".join(str(d) for d in structure.table.dims),
+        "base_dim": structure.dim, "dims": _describe(structure.table),
         "train_logloss": result.history[-1]["train_logloss"], "val_logloss": best["val_logloss"],
         "val_auc": best["val_auc"], "test_logloss": test["logloss"], "test_accuracy": test["accuracy"],
         "test_auc": test["auc"], "epochs": len(result.history), "best_epoch": result.best_epoch,
@@ -161,27 +256,27 @@ def run_ctr_sweep(config: CTRSweepConfig, out_dir, *, parts: data.CTRSplit | Non
                   log=print) -> list[dict]:
     """Run (or resume) a click sweep; returns all result rows, earlier ones included.
 
-    Writes ``config.json`` and ``results.csv`` in ``out_dir``; a folder holding finished
-    runs of other settings is refused. A diverged run is recorded with status
-    ``diverged``, an unreachable budget with ``infeasible``; the sweep goes on.
+    Writes ``config.json`` and ``results.csv`` in ``out_dir``. A folder holding finished
+    runs whose settings differ in more than the grid (dims, alphas, seeds, methods,
+    factors, control) is refused; one that differs only there is extended: the runs of
+    ``config``'s grid that are missing train, and ``config.json`` records the union of
+    both grids. A diverged run is recorded with status ``diverged``, an unreachable
+    budget with ``infeasible``; the sweep goes on.
     """
     out_dir = Path(out_dir)
     with io.folder_lock(out_dir, "this sweep folder"):
         out_dir.mkdir(parents=True, exist_ok=True)
         config_path, results_path = out_dir / "config.json", out_dir / "results.csv"
         previous = read_ctr_results(results_path, set_aside=True)
-        if previous and config_path.is_file() and config_path.read_text() != config.to_json():
-            raise ValueError(f"{config_path} holds a sweep with other settings; results would not be comparable: "
-                             "use another output folder")
+        saved = config
+        if previous and config_path.is_file():
+            saved = _merge(config_path, config)
         parts = load_clicks(config) if parts is None else parts
         with io.atomic_write(config_path, "w") as f:
-            f.write(config.to_json())
+            f.write(saved.to_json())
         done = {_key(r) for r in previous}
-        methods = [("uniform", 0.0)] + [("md", a) for a in config.alphas]
-        if config.control:
-            methods += [("md-frequency", a) for a in config.alphas]
-        cells = [(seed, dim, method, alpha) for seed in config.seeds for dim in config.dims
-                 for method, alpha in methods]
+        cells = [(seed, dim, method, alpha, factor) for seed in config.seeds for dim in config.dims
+                 for method, alpha, factor in config.runs()]
         name = "synthetic" if config.dataset == "synthetic" else Path(config.dataset).name
         bar = None
         if progress:
@@ -189,13 +284,15 @@ def run_ctr_sweep(config: CTRSweepConfig, out_dir, *, parts: data.CTRSplit | Non
 
             bar = tqdm(total=len(cells), desc=f"ctr sweep {name}", unit="run")
         with bar if bar is not None else contextlib.nullcontext():
-            for seed, dim, method, alpha in cells:
+            for seed, dim, method, alpha, factor in cells:
                 row = {"dataset": name, "model": "dlrm", "method": method, "budget_dim": dim,
-                       "budget": dim * sum(parts.field_rows), "alpha": alpha, "seed": seed,
+                       "budget": dim * sum(parts.field_rows), "alpha": alpha, "factor": factor, "seed": seed,
                        "learning_rate": config.learning_rate}
                 if _key(row) not in done:
                     try:
-                        model = _model_for(config, parts, method, dim, alpha)
+                        model = ctr_model(parts.field_rows, method, dim, alpha=alpha, factor=factor,
+                                          base_dim=config.base_dim, counts=parts.counts, n_dense=parts.train.n_dense,
+                                          bottom=config.bottom, top=config.top)
                     except ValueError as err:
                         row["status"] = f"infeasible: {err}"[:300]
                     else:
@@ -203,7 +300,7 @@ def run_ctr_sweep(config: CTRSweepConfig, out_dir, *, parts: data.CTRSplit | Non
                             row.update(_train_one(model, parts, config, seed))
                         except train.TrainingDivergedError as err:
                             row["status"] = f"diverged: {err}"[:300]
-                            log(f"{method} d={dim} alpha={alpha:g} seed={seed}: {err}")
+                            log(f"{method} d={dim} alpha={alpha:g} factor={factor} seed={seed}: {err}")
                     append_result(results_path, row, CTR_COLUMNS)
                     jax.clear_caches()  # each model compiles its own functions
                 if bar is not None:
@@ -211,15 +308,35 @@ def run_ctr_sweep(config: CTRSweepConfig, out_dir, *, parts: data.CTRSplit | Non
         return read_ctr_results(results_path)
 
 
+def _merge(config_path: Path, config: CTRSweepConfig) -> CTRSweepConfig:
+    """The union of the saved settings and ``config`` when they differ only in the grid."""
+    try:
+        saved = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}, line {err.lineno}: not valid JSON ({err.msg}); mend the file or use "
+                         "another output folder") from None
+    new = json.loads(config.to_json())
+    saved = {"methods": ["uniform", "md"], "factors": [], **saved}  # a folder from before these fields ran no other
+    fixed = sorted(k for k in set(saved) | set(new) if k not in (*_GRID, "control") and saved.get(k) != new.get(k))
+    if fixed:
+        details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {new.get(k)!r}" for k in fixed)
+        raise ValueError(f"{config_path} holds a sweep with other settings ({details}); results would not be "
+                         "comparable: use another output folder")
+    merged = {k: tuple(list(saved[k]) + [v for v in new[k] if v not in saved[k]]) for k in _GRID}
+    return replace(config, control=bool(saved.get("control")) or config.control, **merged)
+
+
 def _finished(rows) -> list[dict]:
     return [r for r in rows if r["status"] == "ok"]
 
 
 def ctr_cells(rows) -> dict[tuple, list[dict]]:
-    """Finished runs grouped by cell ``(budget_dim, method, alpha)``, in order."""
+    """Finished uniform and MD runs (``uniform``, ``md``, ``md-frequency``) grouped by cell
+    ``(budget_dim, method, alpha)``, in order; the other methods: :func:`ctr_method_cells`."""
     cells: dict[tuple, list[dict]] = {}
     order = {"uniform": 0, "md": 1, "md-frequency": 2}
-    for r in sorted(_finished(rows), key=lambda r: (r["budget_dim"], order.get(r["method"], 3), r["alpha"], r["seed"])):
+    finished = [r for r in _finished(rows) if r["method"] in order]
+    for r in sorted(finished, key=lambda r: (r["budget_dim"], order[r["method"]], r["alpha"], r["seed"])):
         cells.setdefault((r["budget_dim"], r["method"], r["alpha"]), []).append(r)
     return cells
 
@@ -248,4 +365,57 @@ def ctr_table(rows) -> str:
                      f"{spread([r['test_logloss'] for r in runs])} | {spread([r['test_accuracy'] for r in runs])} | "
                      f"{spread([r['test_auc'] for r in runs])} | {paired} | "
                      f"{np.mean([r['train_seconds'] for r in runs]):.1f} |")
+    return "\n".join(lines)
+
+
+def ctr_method_cells(rows) -> dict[tuple[int, str], tuple[str, list[dict]]]:
+    """Per ``(budget_dim, method)``: the setting chosen on validation (lowest mean validation
+    logloss over seeds, never test) as text, and its runs (one per seed)."""
+    settings: dict[tuple[int, str], dict[tuple, list[dict]]] = {}
+    for r in _finished(rows):
+        settings.setdefault((r["budget_dim"], r["method"]), {}).setdefault((r["alpha"], r.get("factor") or 0),
+                                                                           []).append(r)
+    out = {}
+    for (dim, method), by_setting in settings.items():
+        (alpha, factor), runs = min(by_setting.items(),
+                                    key=lambda kv: float(np.mean([r["val_logloss"] for r in kv[1]])))
+        label = f"α={alpha:g}" if alpha > 0 else f"m={factor}" if method == "qr" else f"×{factor}" if factor else ""
+        out[dim, method] = (label, sorted(runs, key=lambda r: r["seed"]))
+    return out
+
+
+def ctr_methods_table(rows) -> str:
+    """A markdown table: per budget, every method at its validation-chosen setting, with its
+    embedding parameters (and their share of the budget when below 99%), test logloss and
+    AUC (mean +- std over seeds), and the per-seed (paired) logloss and AUC differences
+    from uniform and from MD (each at its own validation-chosen setting)."""
+    cells = ctr_method_cells(rows)
+    order = {m: i for i, m in enumerate(CTR_METHODS)}
+
+    def stat(values, digits=4):
+        values = np.asarray(values, float)
+        return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
+
+    def paired(runs, other, metric):
+        if other is None:
+            return "–"
+        by_seed = {r["seed"]: r[metric] for r in other[1]}
+        diffs = [r[metric] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed]
+        if not diffs:
+            return "–"
+        return f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f} (n={len(diffs)})"
+
+    lines = ["| budget (uniform d) | method | setting (on validation) | embedding params | test logloss | test AUC "
+             "| logloss − uniform | AUC − uniform | logloss − MD | AUC − MD |", "|---:|---|---|---:|---|---|---|---|---|---|"]
+    for dim, method in sorted(cells, key=lambda k: (k[0], order.get(k[1], 99))):
+        label, runs = cells[dim, method]
+        size = float(np.mean([r["embedding_params"] for r in runs]))
+        fill = size / runs[0]["budget"]
+        share = "" if fill >= 0.99 else f" ({fill:.0%})"
+        uniform = cells.get((dim, "uniform")) if method != "uniform" else None
+        md = cells.get((dim, "md")) if method != "md" else None
+        lines.append(f"| {dim} | {method} | {label or '–'} | {int(size):,}{share} | "
+                     f"{stat([r['test_logloss'] for r in runs])} | {stat([r['test_auc'] for r in runs])} | "
+                     f"{paired(runs, uniform, 'test_logloss')} | {paired(runs, uniform, 'test_auc')} | "
+                     f"{paired(runs, md, 'test_logloss')} | {paired(runs, md, 'test_auc')} |")
     return "\n".join(lines)

@@ -50,11 +50,15 @@ def _from_v1(row: dict) -> dict:
 
 
 def read_results(path, *, set_aside: bool = False, columns: tuple[str, ...] = COLUMNS,
-                 ints: tuple[str, ...] = _INTS, texts: tuple[str, ...] = _TEXTS) -> list[dict]:
+                 ints: tuple[str, ...] = _INTS, texts: tuple[str, ...] = _TEXTS, upgrades: dict | None = None
+                 ) -> list[dict]:
     """The rows of a results CSV (numbers as floats/ints); ``[]`` when there is no file.
 
     ``columns``, ``ints`` and ``texts`` describe the layout (default: the rating sweep's
-    :data:`COLUMNS`; the click sweep passes its own).
+    :data:`COLUMNS`; the click sweep passes its own). ``upgrades`` maps the header of an
+    earlier layout to a function bringing its rows (dicts of text) to ``columns``
+    (default: the rating sweep's first layout); such a file is read in today's layout,
+    and with ``set_aside`` rewritten in it atomically, the old file kept as ``<file>.v1``.
 
     A damaged row (a truncated or garbled line, a number that does not parse) raises
     ``ValueError`` naming the file and line. With ``set_aside=True`` (what
@@ -67,8 +71,10 @@ def read_results(path, *, set_aside: bool = False, columns: tuple[str, ...] = CO
         return []
     text = path.read_text()
     reader = csv.DictReader(stdio.StringIO(text))
-    if columns == COLUMNS and tuple(reader.fieldnames or ()) == _COLUMNS_V1:
-        return _upgrade(path, text, set_aside)
+    if upgrades is None:
+        upgrades = {_COLUMNS_V1: _from_v1} if columns == COLUMNS else {}
+    if tuple(reader.fieldnames or ()) in upgrades:
+        return _upgrade(path, text, set_aside, upgrades[tuple(reader.fieldnames)], columns, ints, texts)
     if tuple(reader.fieldnames or ()) != columns:
         raise ValueError(f"{path}: columns {reader.fieldnames} do not match this version's {list(columns)}; "
                          "use another output folder")
@@ -86,28 +92,28 @@ def read_results(path, *, set_aside: bool = False, columns: tuple[str, ...] = CO
     return rows
 
 
-def _upgrade(path: Path, text: str, rewrite: bool) -> list[dict]:
-    """The rows of a first-layout file in today's layout; with ``rewrite`` (a sweep about to
-    append) the file is rewritten in it, atomically, and the old one kept as ``<file>.v1``."""
+def _upgrade(path: Path, text: str, rewrite: bool, convert, columns, ints, texts) -> list[dict]:
+    """The rows of an earlier layout's file in today's (``convert``); with ``rewrite`` (a sweep
+    about to append) the file is rewritten in it, atomically, and the old one kept as ``<file>.v1``."""
     reader = csv.DictReader(stdio.StringIO(text))
     raw = []
     for row in reader:
         try:
-            raw.append(_from_v1(row))
+            raw.append(convert(row))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}, line {reader.line_num}: damaged row ({err}) in a file of the first layout; "
+            raise ValueError(f"{path}, line {reader.line_num}: damaged row ({err}) in a file of an earlier layout; "
                              "mend the line before the file can be brought to this version's layout") from None
     if rewrite:
         out = stdio.StringIO()
-        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: row.get(k, "") for k in COLUMNS} for row in raw)
+        writer.writerows({k: row.get(k, "") for k in columns} for row in raw)
         with io.atomic_write(path.with_name(path.name + ".v1"), "w") as f:
             f.write(text)
         with io.atomic_write(path, "w") as f:
             f.write(out.getvalue())
-        return read_results(path, set_aside=True)
-    return [_parse_row(row, COLUMNS, _INTS, _TEXTS) for row in raw]
+        return read_results(path, set_aside=True, columns=columns, ints=ints, texts=texts, upgrades={})
+    return [_parse_row(row, columns, ints, texts) for row in raw]
 
 
 def _parse_row(row: dict, columns, ints, texts) -> dict:
