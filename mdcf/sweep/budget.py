@@ -6,8 +6,8 @@ from typing import Callable, Iterable, Sequence
 
 from .. import models
 
-__all__ = ["PAPER_ABLATION_BUDGET", "PAPER_ABLATION_ROWS", "natural_budgets", "largest_fitting", "uniform_for_budget", "model_for_budget",
-           "ablation_budget", "ablation_model_budget"]
+__all__ = ["PAPER_ABLATION_BUDGET", "PAPER_ABLATION_ROWS", "natural_budgets", "largest_fitting", "uniform_for_budget",
+           "side_budgets", "model_for_budget", "ablation_budget", "ablation_model_budget"]
 
 # The paper's ablation used 2**21 parameters on MovieLens ("ml-latest", about 283k users
 # and 54k movies); the ablation keeps its parameters per embedding row.
@@ -41,6 +41,20 @@ def uniform_for_budget(train, kind: str, budget: int, **model_kwargs):
     return None if dim is None else models.build_model(train, kind, dim=dim, **model_kwargs)
 
 
+def side_budgets(train, kind: str, budget: int, d0: int, **model_kwargs):
+    """``(probe, sides)``: the uniform ``kind`` model at ``d0`` and the embedding budget of
+    each embedding set's user and item tables, ``(users, items)``: what ``budget`` leaves
+    after biases, MLP and output layers (at ``d0``), per set, split by row count; ``sides``
+    is None when nothing is left."""
+    probe = models.build_model(train, kind, dim=d0, **model_kwargs)
+    n_users, n_items = train.n_users, train.n_items
+    sets = len(probe.config.embeddings) // 2
+    per_set = (budget - (models.num_params(probe.config) - sets * (n_users + n_items) * d0)) // sets
+    if per_set <= 0:
+        return probe, None
+    return probe, (per_set * n_users // (n_users + n_items), per_set * n_items // (n_users + n_items))
+
+
 def model_for_budget(train, kind: str, budget: int, alpha: float, blocks: int, base_dims: Sequence[int],
                      tolerance: float = 0.01, **model_kwargs):
     """A model of ``kind`` whose exact total parameter count lies in ``[(1 - tolerance) budget, budget]``.
@@ -61,21 +75,15 @@ def model_for_budget(train, kind: str, budget: int, alpha: float, blocks: int, b
             return None, f"budget {budget:,} is below the smallest uniform model"
         return model, ""
     reasons = []
-    n_users, n_items = train.n_users, train.n_items
     fallback = None
     for d0 in sorted(base_dims):
-        probe = models.build_model(train, kind, dim=d0, **model_kwargs).config
-        sets = len(probe.embeddings) // 2
-        non_embedding = models.num_params(probe) - sets * (n_users + n_items) * d0
-        per_set = (budget - non_embedding) // sets
-        if per_set <= 0:
+        _, sides = side_budgets(train, kind, budget, d0, **model_kwargs)
+        if sides is None:
             reasons.append(f"d0={d0}: no budget left for embeddings")
             continue
         try:
-            model = models.build_model(
-                train, kind, dim=d0, alpha=alpha, blocks=blocks,
-                user_budget=per_set * n_users // (n_users + n_items),
-                item_budget=per_set * n_items // (n_users + n_items), **model_kwargs)
+            model = models.build_model(train, kind, dim=d0, alpha=alpha, blocks=blocks, user_budget=sides[0],
+                                       item_budget=sides[1], **model_kwargs)
         except ValueError as err:
             reasons.append(f"d0={d0}: {str(err).split(':')[0]}")
             continue

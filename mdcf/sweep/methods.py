@@ -44,7 +44,7 @@ from typing import Sequence
 
 from .. import embeddings, models
 from ..embeddings import hashing, lowrank, qr, quantize, tt
-from .budget import largest_fitting, model_for_budget, uniform_for_budget
+from .budget import largest_fitting, model_for_budget, side_budgets, uniform_for_budget
 
 __all__ = ["METHODS", "ALPHA_METHODS", "FACTOR_METHODS", "BYTES_ONLY", "settings", "model_for_method", "model_nbytes",
            "describe", "quantized_params"]
@@ -104,17 +104,6 @@ def _with_specs(model, user, item):
     return dataclasses.replace(model, config=dataclasses.replace(model.config, user=user, item=item))
 
 
-def _split(train, budget, kind, d0, model_kwargs):
-    """The probe model at ``d0`` and the embedding budget per side ``(users, items)``, or None."""
-    probe = models.build_model(train, kind, dim=d0, **model_kwargs)
-    n_users, n_items = train.n_users, train.n_items
-    sets = len(probe.config.embeddings) // 2
-    per_set = (budget - (models.num_params(probe.config) - sets * (n_users + n_items) * d0)) // sets
-    if per_set <= 0:
-        return probe, None
-    return probe, (per_set * n_users // (n_users + n_items), per_set * n_items // (n_users + n_items))
-
-
 def _qr_model(train, kind, budget, collisions, model_kwargs):
     """QR tables with ``collisions`` remainder rows on both sides at the largest base
     dimension whose model fits ``budget``."""
@@ -136,7 +125,7 @@ def _factor_model(train, kind, budget, method, factor, tolerance, model_kwargs):
     if uniform is None:
         return None, f"budget {budget:,} is below the smallest uniform model"
     d0 = factor * uniform.config.user.base_dim
-    probe, sides = _split(train, budget, kind, d0, model_kwargs)
+    probe, sides = side_budgets(train, kind, budget, d0, **model_kwargs)
     if sides is None:
         return None, f"d0={d0}: no budget left for embeddings"
     specs = []
