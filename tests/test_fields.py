@@ -15,13 +15,15 @@ from mdcf import checkpoint, embeddings, models, train
 from mdcf.embeddings import FieldsSpec, HashSpec, MDSpec, QRSpec, fields, tt
 from mdcf.models import dlrm
 
-FIELDS = (300, 11, 90, 3)
+FIELDS = (300, 11, 90, 3, 70)
 
 
 def mixed_spec(dim=4):
-    """Every kind of part: signed hashing, MD with two blocks, tensor-train, QR, and a plain table."""
+    """Every kind of part: signed hashing, MD with two blocks, tensor-train, QR, and a plain
+    table (with more rows than some batches, fewer than others)."""
     return FieldsSpec((HashSpec(FIELDS[0], 40, dim, seed=1, signed=True), MDSpec((5, 6), (dim, 2), dim),
-                       tt.tt_spec(FIELDS[2], dim, (2, 2)), QRSpec(FIELDS[3], 2, dim, "mult")))
+                       tt.tt_spec(FIELDS[2], dim, (2, 2)), QRSpec(FIELDS[3], 2, dim, "mult"),
+                       MDSpec.uniform(FIELDS[4], dim)))
 
 
 def naive(params, spec, ids):
@@ -54,11 +56,11 @@ def test_ids_outside_give_nan_and_the_two_lookups_share_gradients():
     params = embeddings.init(jax.random.key(0), spec)
     out = embeddings.lookup(params, spec, jnp.array([-1, spec.n_rows, 0]))
     assert np.isnan(np.asarray(out[:2])).all() and np.isfinite(np.asarray(out[2])).all()
-    misplaced = jnp.asarray([[0, 0, 311, 401]])  # field 0's row in field 1's column
+    misplaced = jnp.asarray([[0, 0, 311, 401, 404]])  # field 0's row in field 1's column
     cols = fields.lookup_columns(params, spec, misplaced)
-    assert np.isnan(np.asarray(cols[0, 1])).all() and np.isfinite(np.asarray(cols[0, [0, 2, 3]])).all()
+    assert np.isnan(np.asarray(cols[0, 1])).all() and np.isfinite(np.asarray(cols[0, [0, 2, 3, 4]])).all()
     ids = jnp.asarray(np.stack([np.arange(5) * 7 % n for n in FIELDS], axis=1) + spec.offsets)
-    weights = jax.random.normal(jax.random.key(1), (5, 4, 4))
+    weights = jax.random.normal(jax.random.key(1), (5, 5, 4))
     by_columns = jax.grad(lambda p: jnp.sum(fields.lookup_columns(p, spec, ids) * weights))(params)
     by_any = jax.grad(lambda p: jnp.sum(embeddings.lookup(p, spec, ids) * weights))(params)
     for a, b in zip(jax.tree.leaves(by_columns), jax.tree.leaves(by_any), strict=True):
@@ -69,11 +71,11 @@ def test_ids_outside_give_nan_and_the_two_lookups_share_gradients():
 def test_counts_and_round_trip_by_hand():
     spec = mixed_spec()
     # hash 40*4; MD 5*4 + 6*2 + a 2x4 projection; TT 90 rows -> factors (5, 5, 4), dim (1, 2, 2),
-    # ranks (2, 2): 5*1*2 + 5*2*2*2 + 4*2*2; QR 3 rows, m=2: (2 + 2) * 4.
+    # ranks (2, 2): 5*1*2 + 5*2*2*2 + 4*2*2; QR 3 rows, m=2: (2 + 2) * 4; plain 70 * 4.
     assert tt.factor_rows(90) == (5, 5, 4) and tt.factor_dim(4) == (1, 2, 2)
-    assert embeddings.num_params(spec) == 160 + (20 + 12 + 8) + (10 + 40 + 16) + 16
+    assert embeddings.num_params(spec) == 160 + (20 + 12 + 8) + (10 + 40 + 16) + 16 + 280
     assert embeddings.nbytes(spec) == 4 * embeddings.num_params(spec)
-    assert spec.sizes == FIELDS and spec.n_rows == sum(FIELDS) and list(spec.offsets) == [0, 300, 311, 401]
+    assert spec.sizes == FIELDS and spec.n_rows == sum(FIELDS) and list(spec.offsets) == [0, 300, 311, 401, 404]
     assert embeddings.spec_from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="same base_dim"):
         FieldsSpec((MDSpec.uniform(3, 4), MDSpec.uniform(3, 8)))

@@ -173,10 +173,13 @@ class FieldsPlan(NamedTuple):
         other fields as padding), or of its column only (``columns``).
       columns: 0 for a plan of any ids, else the number of columns (fields) of a
         ``[B / columns, columns]`` batch (:func:`column_plan`).
+      inside: for a plan of any ids, per part whether each id is in it (the parts'
+        vectors are summed; a part need not give zeros for ids it treats as padding).
     """
 
     parts: tuple
     columns: int = 0
+    inside: tuple = ()
 
     @property
     def fits(self):
@@ -206,11 +209,12 @@ def _check_capacities(spec: FieldsSpec, requested) -> str | None:
 
 
 def _plan(spec: FieldsSpec, ids: jax.Array, slots, heights) -> FieldsPlan:
-    parts = []
+    parts, masks = [], []
     for f, (part, slot, height) in enumerate(zip(spec.parts, slots, _heights(spec, heights))):
         local, inside = _local(spec, ids, f)
         parts.append(scheme(part).rows.plan(part, jnp.where(inside, local, -1), slot, height))
-    return FieldsPlan(tuple(parts))
+        masks.append(inside)
+    return FieldsPlan(tuple(parts), 0, tuple(masks))
 
 
 def _column_plan(spec: FieldsSpec, ids: jax.Array, heights) -> FieldsPlan:
@@ -221,17 +225,14 @@ def _column_plan(spec: FieldsSpec, ids: jax.Array, heights) -> FieldsPlan:
     for f, (part, height) in enumerate(zip(spec.parts, _heights(spec, heights))):
         rows = scheme(part).rows
         local, inside = _local(spec, ids[:, f], f)
-        local = jnp.where(inside, local, -1)
-        if rows.column_plan is not None and getattr(part, "n_blocks", 0) == 1:
-            parts.append(rows.column_plan(part, local[:, None], height))
-        else:
-            parts.append(rows.plan(part, local, rows.capacities(part, batch, "auto"), height))
+        # The part's own plan of its column (an MD part's column plan is for one column per block).
+        parts.append(rows.plan(part, jnp.where(inside, local, -1), rows.capacities(part, batch, "auto"), height))
     return FieldsPlan(tuple(parts), k)
 
 
 def _overflow_plan(spec: FieldsSpec, planned: FieldsPlan) -> FieldsPlan:
-    return FieldsPlan(tuple(p if p.fits is None else scheme(part).rows.overflow_plan(part, p)
-                            for part, p in zip(spec.parts, planned.parts)), planned.columns)
+    return planned._replace(parts=tuple(p if p.fits is None else scheme(part).rows.overflow_plan(part, p)
+                                        for part, p in zip(spec.parts, planned.parts)))
 
 
 def _gather(spec: FieldsSpec, tables: tuple, planned: FieldsPlan) -> tuple:
@@ -243,7 +244,7 @@ def _vectors(spec: FieldsSpec, leaves: tuple, dense: tuple, planned: FieldsPlan)
              for part, l, d, p in zip(spec.parts, leaves, dense, planned.parts)]
     if planned.columns:  # [B, F, d0] in the batch's row-major order
         return jnp.stack(parts, axis=1).reshape(-1, spec.base_dim)
-    return sum(parts[1:], parts[0])  # each id is in one part; the others give zeros
+    return sum(jnp.where(inside[:, None], v, 0.0) for inside, v in zip(planned.inside, parts))  # one part per id
 
 
 def _updated_rows(spec: FieldsSpec, planned: FieldsPlan):
