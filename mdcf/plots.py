@@ -239,6 +239,9 @@ def ctr_method_curves(rows, metrics: Sequence[str] = ("test_logloss", "test_auc"
             ax.errorbar(params, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], capsize=3,
                         marker=marker, label=method, **style)
         ax.set_xscale("log")
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("embedding parameters (projections and cores included)")
         ax.set_ylabel(metric.replace("_", " "))
         ax.grid(True, which="both", alpha=0.3)
