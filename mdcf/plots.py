@@ -177,20 +177,24 @@ def save(fig, path) -> list[Path]:
     return written
 
 
+def _axes_row(axes, count: int):
+    """``(figure, axes)``: the given axes, or a new row of ``count``."""
+    if axes is not None:
+        return axes[0].figure, axes
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, count, figsize=(5.5 * count, 4.0), squeeze=False)
+    return fig, axes[0]
+
+
 def ctr_curves(rows, metrics: Sequence[str] = ("test_accuracy", "test_logloss"), axes=None,
                title: str | None = None):
     """Click-sweep metrics against embedding parameters (log x), one curve per alpha and the
     uniform tables, mean +- std over seeds (:func:`mdcf.sweep.ctr_cells`)."""
-    import matplotlib.pyplot as plt
-
     cells = ctr_cells(rows)
     if not cells:
         raise ValueError("ctr_curves: no finished run to plot (every run is infeasible or diverged, or none ran)")
-    if axes is None:
-        fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.0), squeeze=False)
-        axes = axes[0]
-    else:
-        fig = axes[0].figure
+    fig, axes = _axes_row(axes, len(metrics))
     curves = sorted({(method, alpha) for _, method, alpha in cells}, key=lambda c: (c[0] != "uniform", c[1]))
     for ax, metric in zip(axes, metrics):
         for method, alpha in curves:
@@ -218,16 +222,10 @@ def ctr_method_curves(rows, metrics: Sequence[str] = ("test_logloss", "test_auc"
     """Click-sweep metrics against embedding parameters (log x), one curve per method at its
     validation-chosen setting per budget (:func:`mdcf.sweep.ctr_method_cells`), mean +- std
     over seeds."""
-    import matplotlib.pyplot as plt
-
     cells = ctr_method_cells(rows)
     if not cells:
         raise ValueError("ctr_method_curves: no finished run to plot (every run is infeasible or diverged, or none ran)")
-    if axes is None:
-        fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.0), squeeze=False)
-        axes = axes[0]
-    else:
-        fig = axes[0].figure
+    fig, axes = _axes_row(axes, len(metrics))
     for ax, metric in zip(axes, metrics):
         for method, marker in zip(CTR_METHODS, "sov^<>D"):
             points = sorted((dim, runs) for (dim, m), (_, runs) in cells.items() if m == method)
