@@ -373,8 +373,8 @@ def init(key: jax.Array, config: DLRMConfig) -> dict:
     else:
         tables, projections = embeddings.split(config.table, embeddings.init(k_table, config.table,
                                                                              config.init_stddev))
-    if config.embedding_init == "xavier" and not isinstance(config.table, embeddings.FieldsSpec):
-        tables, projections = _xavier_embedding(jax.random.fold_in(k_table, 1), config, tables, projections)
+        if config.embedding_init == "xavier":
+            tables, projections = _xavier_embedding(jax.random.fold_in(k_table, 1), config, tables, projections)
     bottom_sizes, top_sizes = config.layer_sizes()
     return {"tables": {"fields": tables},
             "dense": {"projections": {"fields": projections}, "bottom": _mlp_init(k_bottom, bottom_sizes),
