@@ -57,6 +57,8 @@ def parse(argv=None) -> argparse.Namespace:
                         help="what runs at each budget (default: uniform md)")
     parser.add_argument("--factors", type=int, nargs="+", default=list(defaults.factors),
                         help="settings of hash, lowrank, tt (base dimension over d) and qr (collisions)")
+    parser.add_argument("--budget-unit", choices=("params", "bytes"), default=defaults.budget_unit,
+                        help="budgets in embedding parameters or bytes (the int8 methods need bytes)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
             threshold=args.threshold,
             dims=tuple(args.dims), alphas=tuple(args.alphas), seeds=tuple(args.seeds), base_dim=args.base_dim,
             control=not args.no_control, methods=tuple(args.methods), factors=tuple(args.factors),
-            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
+            budget_unit=args.budget_unit, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     except ValueError as err:
         print(f"ctr_sweep.py: error: {err}", file=sys.stderr)
         return 2
@@ -92,10 +94,10 @@ def main(argv=None) -> int:
     print(f"\n{name}: DLRM test metrics at equal embedding budgets (seeds {list(config.seeds)}; "
           f"{len(parts.train):,} training examples, {sum(parts.field_rows):,} rows in {len(parts.field_rows)} fields)")
     print(sweep.ctr_table(rows))
-    others = any(r["method"] in sweep.CTR_FACTOR_METHODS for r in rows if r["status"] == "ok")
+    others = any(r["method"] in sweep.CTR_FACTOR_METHODS + sweep.CTR_BYTES_ONLY for r in rows if r["status"] == "ok")
     if others:
         print("\nEvery method at its setting chosen on validation logloss:")
-        print(sweep.ctr_methods_table(rows))
+        print(sweep.ctr_methods_table(rows, unit=config.budget_unit))
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         print(f"{len(bad)} run(s) did not finish, e.g. {bad[0]['method']} d={bad[0]['budget_dim']} "
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
     curves = plots.save(plots.ctr_learning_curves(rows, smallest, title=f"{name}: training at the budget of d = "
                                                   f"{smallest}"), out / "ctr_learning_curves")
     if others:
-        curves_methods = plots.save(plots.ctr_method_curves(rows, title=f"DLRM on {name}: the ways to shrink tables"),
+        curves_methods = plots.save(plots.ctr_method_curves(rows, title=f"DLRM on {name}: the ways to shrink tables",
+                                                                    unit=config.budget_unit),
                                     out / "ctr_method_curves")
         paths.append(curves_methods[0])
     print(f"\nresults: {out / 'results.csv'}\nplot:    {paths[0]} and {curves[0]} (and .pdf)"

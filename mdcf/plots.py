@@ -218,20 +218,22 @@ def ctr_curves(rows, metrics: Sequence[str] = ("test_accuracy", "test_logloss"),
 
 
 def ctr_method_curves(rows, metrics: Sequence[str] = ("test_logloss", "test_auc"), axes=None,
-                      title: str | None = None):
-    """Click-sweep metrics against embedding parameters (log x), one curve per method at its
-    validation-chosen setting per budget (:func:`mdcf.sweep.ctr_method_cells`), mean +- std
-    over seeds."""
+                      title: str | None = None, unit: str = "params"):
+    """Click-sweep metrics against embedding parameters (embedding bytes with
+    ``unit="bytes"``; log x), one curve per method at its validation-chosen setting per
+    budget (:func:`mdcf.sweep.ctr_method_cells`), mean +- std over seeds."""
+    if unit not in ("params", "bytes"):
+        raise ValueError(f"unit must be 'params' or 'bytes', got {unit!r}")
     cells = ctr_method_cells(rows)
     if not cells:
         raise ValueError("ctr_method_curves: no finished run to plot (every run is infeasible or diverged, or none ran)")
     fig, axes = _axes_row(axes, len(metrics))
     for ax, metric in zip(axes, metrics):
-        for method, marker in zip(CTR_METHODS, "sov^<>D"):
+        for method, marker in zip(CTR_METHODS, "sov^<>DPX"):
             points = sorted((dim, runs) for (dim, m), (_, runs) in cells.items() if m == method)
             if not points:
                 continue
-            params = [np.mean([r["embedding_params"] for r in runs]) for _, runs in points]
+            params = [np.mean([r[f"embedding_{unit}"] for r in runs]) for _, runs in points]
             values = [[r[metric] for r in runs] for _, runs in points]
             style = dict(color="black", linestyle="--") if method == "uniform" else {}
             ax.errorbar(params, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], capsize=3,
@@ -240,7 +242,8 @@ def ctr_method_curves(rows, metrics: Sequence[str] = ("test_logloss", "test_auc"
         from matplotlib.ticker import NullFormatter
 
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("embedding parameters (projections and cores included)")
+        ax.set_xlabel("embedding bytes (scales and offsets, projections and cores included)" if unit == "bytes"
+                      else "embedding parameters (projections and cores included)")
         ax.set_ylabel(metric.replace("_", " "))
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize="small")

@@ -22,7 +22,8 @@ items, int8 rows; :mod:`mdcf.sweep.methods`), in parameters or in bytes
 
 The click sweep (:func:`run_ctr_sweep`, :mod:`mdcf.sweep.ctr`) compares DLRM with
 uniform tables against MD tables, one block per field, at the uniform tables'
-embedding budgets.
+embedding budgets, and the other ways to shrink them per field (hashing, QR, low-rank,
+tensor-train; int8 rows in bytes), each at its validation-chosen setting.
 """
 
 from .analysis import (
@@ -50,9 +51,9 @@ from .budget import (
     model_for_budget,
     natural_budgets,
 )
-from .ctr import (CTR_COLUMNS, CTR_FACTOR_METHODS, CTR_METHODS, CTRSweepConfig, ctr_cells, ctr_fast_mode,
-                  ctr_method_cells, ctr_methods_table, ctr_model, ctr_table, load_clicks, read_ctr_results,
-                  run_ctr_sweep)
+from .ctr import (CTR_BYTES_ONLY, CTR_COLUMNS, CTR_FACTOR_METHODS, CTR_METHODS, CTRSweepConfig, ctr_cells,
+                  ctr_fast_mode, ctr_method_cells, ctr_methods_table, ctr_model, ctr_table, embedding_nbytes,
+                  load_clicks, read_ctr_results, run_ctr_sweep)
 from .config import SweepConfig, add_device_arguments, check_dataset, fast_mode, load_dataset, mesh_from_arguments
 from .methods import BYTES_ONLY, FACTOR_METHODS, METHODS, model_for_method, model_nbytes, quantized_params
 from .runs import COLUMNS, append_result, read_results, run_sweep
@@ -105,7 +106,9 @@ __all__ = [
     "ctr_table",
     "CTR_METHODS",
     "CTR_FACTOR_METHODS",
+    "CTR_BYTES_ONLY",
     "ctr_model",
+    "embedding_nbytes",
     "ctr_method_cells",
     "ctr_methods_table",
 ]

@@ -24,6 +24,16 @@ the largest base dimension that fits. A field where a scheme would not save para
 is a plain table. Each method's setting (alpha, factor) is chosen on validation
 logloss (:func:`ctr_method_cells`), never on test.
 
+Budgets are in embedding parameters (``budget_unit="params"``) or in embedding bytes
+(``"bytes"``: ``4 * d * sum(field_rows)``, float32 parameters weighing 4 bytes). In
+bytes two more methods run: ``uniform-int8`` (the largest uniform table whose int8 rows,
+with a float32 scale and offset each, fit: ``d' = 4 d - 8``) and ``md-int8`` (MD per
+field at each alpha, sized so that its int8 rows and float32 projections land within 1%
+below the budget, at the first of ``base_dim``, twice and four times it where such a table
+exists: a budget above every row at ``base_dim`` needs a larger one). Both train in float32 and are quantised row-wise after training
+(:mod:`mdcf.embeddings.quantize`); their validation and test metrics are the quantised
+model's. The float methods are the same models in either unit.
+
 Results go to ``results.csv`` (one row per run, appended atomically); a rerun
 skips the runs already there, and a rerun with more grid values (dims, alphas,
 seeds, methods, factors) extends the folder.
@@ -41,24 +51,29 @@ import jax
 import numpy as np
 
 from .. import data, embeddings, io, models, train
-from ..embeddings import fields
+from ..embeddings import fields, quantize
 from ..models import dlrm
+from .methods import quantized_params
 from .runs import append_result, read_results
 
-__all__ = ["CTRSweepConfig", "CTR_COLUMNS", "CTR_METHODS", "CTR_FACTOR_METHODS", "run_ctr_sweep", "read_ctr_results",
-           "load_clicks", "ctr_fast_mode", "ctr_model", "ctr_cells", "ctr_table", "ctr_method_cells",
+__all__ = ["CTRSweepConfig", "CTR_COLUMNS", "CTR_METHODS", "CTR_FACTOR_METHODS", "CTR_BYTES_ONLY", "run_ctr_sweep",
+           "read_ctr_results", "load_clicks", "ctr_fast_mode", "ctr_model", "embedding_nbytes", "ctr_cells", "ctr_table", "ctr_method_cells",
            "ctr_methods_table"]
 
-CTR_METHODS = ("uniform", "md", "md-frequency", "hash", "qr", "lowrank", "tt")
+CTR_METHODS = ("uniform", "md", "md-frequency", "hash", "qr", "lowrank", "tt", "uniform-int8", "md-int8")
 CTR_FACTOR_METHODS = ("hash", "qr", "lowrank", "tt")
+CTR_BYTES_ONLY = ("uniform-int8", "md-int8")
 CTR_COLUMNS = (
-    "dataset", "model", "method", "budget_dim", "budget", "embedding_params", "params", "alpha", "factor", "base_dim",
-    "dims", "seed", "learning_rate", "train_logloss", "val_logloss", "val_auc", "test_logloss", "test_accuracy",
+    "dataset", "model", "method", "budget_dim", "budget", "embedding_params", "embedding_bytes", "params", "alpha",
+    "factor", "base_dim", "dims", "seed", "learning_rate", "train_logloss", "val_logloss", "val_auc", "test_logloss", "test_accuracy",
     "test_auc", "epochs", "best_epoch", "train_seconds", "seconds", "train_curve", "status",
 )
-# The layout before the other methods (no factor column): read, and rewritten by a sweep.
-_CTR_COLUMNS_V1 = tuple(c for c in CTR_COLUMNS if c != "factor")
-_INTS = ("budget_dim", "budget", "embedding_params", "params", "factor", "base_dim", "seed", "epochs", "best_epoch")
+# Earlier layouts, read and rewritten by a sweep: before the other methods (no factor
+# column), and before byte budgets (no embedding_bytes; every method then was float32).
+_CTR_COLUMNS_V2 = tuple(c for c in CTR_COLUMNS if c != "embedding_bytes")
+_CTR_COLUMNS_V1 = tuple(c for c in _CTR_COLUMNS_V2 if c != "factor")
+_INTS = ("budget_dim", "budget", "embedding_params", "embedding_bytes", "params", "factor", "base_dim", "seed",
+         "epochs", "best_epoch")
 _TEXTS = ("dataset", "model", "method", "dims", "train_curve", "status")
 _KEY = ("dataset", "method", "budget_dim", "alpha", "factor", "seed")
 _GRID = ("dims", "alphas", "seeds", "methods", "factors")
@@ -90,6 +105,8 @@ class CTRSweepConfig:
         ``hash``, ``qr``, ``lowrank``, ``tt`` (at every factor; see the module docstring).
       factors: the per-field schemes' settings: base dimension over ``d`` (``hash``,
         ``lowrank``, ``tt``) or collisions (``qr``).
+      budget_unit: ``"params"`` (embedding parameters) or ``"bytes"`` (embedding bytes,
+        which the int8 methods ``uniform-int8`` and ``md-int8`` need).
     """
 
     dataset: str = "synthetic"
@@ -110,6 +127,7 @@ class CTRSweepConfig:
     top: tuple[int, ...] = (512, 256)
     methods: tuple[str, ...] = ("uniform", "md")
     factors: tuple[int, ...] = (2, 4)
+    budget_unit: str = "params"
 
     def __post_init__(self):
         for name in ("dims", "alphas", "seeds", "bottom", "top", "methods", "factors"):
@@ -121,6 +139,12 @@ class CTRSweepConfig:
                 (not self.factors and any(m in CTR_FACTOR_METHODS for m in self.methods)):
             raise ValueError(f"factors must be integers >= 1 (one at least for {CTR_FACTOR_METHODS}), "
                              f"got {list(self.factors)}")
+        if self.budget_unit not in ("params", "bytes"):
+            raise ValueError(f"budget_unit must be 'params' or 'bytes', got {self.budget_unit!r}")
+        int8 = [m for m in self.methods if m in CTR_BYTES_ONLY]
+        if int8 and self.budget_unit != "bytes":
+            raise ValueError(f"{', '.join(int8)} keep as many parameters as their float tables and save bytes: "
+                             "compare them with budget_unit='bytes' (--budget-unit bytes)")
         if not 1 <= self.fields <= 26:
             raise ValueError(f"fields must be 1 to 26 (the first Kaggle fields of the synthetic set), got {self.fields}")
         if not self.dims or min(self.dims) < 1:
@@ -138,7 +162,7 @@ class CTRSweepConfig:
         for method in CTR_METHODS:
             if method not in methods:
                 continue
-            if method in ("md", "md-frequency"):
+            if method in ("md", "md-frequency", "md-int8"):
                 out += [(method, float(a), 0) for a in self.alphas]
             elif method in CTR_FACTOR_METHODS:
                 out += [(method, 0.0, int(f)) for f in self.factors]
@@ -154,7 +178,7 @@ def ctr_fast_mode(config: CTRSweepConfig) -> CTRSweepConfig:
     return CTRSweepConfig(dataset="synthetic", examples=4_000, cap=100, fields=6, data_seed=config.data_seed,
                           dims=(2,), alphas=(0.4,), seeds=(0,), base_dim=16, epochs=1, batch_size=512,
                           learning_rate=3e-3, bottom=(16,), top=(16,), methods=config.methods,
-                          factors=config.factors[:1], control=config.control)
+                          factors=config.factors[:1], control=config.control, budget_unit=config.budget_unit)
 
 
 def load_clicks(config: CTRSweepConfig) -> data.CTRSplit:
@@ -169,7 +193,14 @@ def load_clicks(config: CTRSweepConfig) -> data.CTRSplit:
 def read_ctr_results(path, *, set_aside: bool = False) -> list[dict]:
     """The rows of a click sweep's ``results.csv`` (:data:`CTR_COLUMNS`)."""
     return read_results(path, set_aside=set_aside, columns=CTR_COLUMNS, ints=_INTS, texts=_TEXTS,
-                        upgrades={_CTR_COLUMNS_V1: lambda row: {**row, "factor": "0"}})
+                        upgrades={_CTR_COLUMNS_V1: lambda row: _float_bytes({**row, "factor": "0"}),
+                                  _CTR_COLUMNS_V2: _float_bytes})
+
+
+def _float_bytes(row: dict) -> dict:
+    """A row of a layout before byte budgets, whose methods all stored float32 tables."""
+    params = row.get("embedding_params") or ""
+    return {**row, "embedding_bytes": str(4 * int(params)) if params else ""}
 
 
 def _key(row: dict) -> tuple:
@@ -177,21 +208,31 @@ def _key(row: dict) -> tuple:
 
 
 def ctr_model(field_rows, method: str, budget_dim: int, *, alpha: float = 0.0, factor: int = 0, base_dim: int = 32,
-              counts=None, n_dense: int = 13, bottom=(512, 256, 64), top=(512, 256)):
+              counts=None, n_dense: int = 13, bottom=(512, 256, 64), top=(512, 256), unit: str = "params"):
     """The DLRM of one click-sweep run: ``method`` (:data:`CTR_METHODS`) at the embedding
     budget of a uniform table of dimension ``budget_dim`` (``budget_dim * sum(field_rows)``
-    parameters, projections and cores counted). ``counts`` (per field, each code's training
-    occurrences) is needed by ``md-frequency``. Returns a :class:`~mdcf.models.dlrm.DLRMConfig`
-    (a :class:`~mdcf.models.dlrm.CTRModel` for ``md-frequency``).
+    parameters, projections and cores counted; with ``unit="bytes"``, four times as many
+    bytes, which only the int8 methods spend differently). ``counts`` (per field, each
+    code's training occurrences) is needed by ``md-frequency``. Returns a
+    :class:`~mdcf.models.dlrm.DLRMConfig` (a :class:`~mdcf.models.dlrm.CTRModel` for
+    ``md-frequency``); :func:`embedding_nbytes` gives its stored embedding bytes.
 
     Raises:
-      ValueError: an unknown method, a missing setting, or a budget the method cannot meet.
+      ValueError: an unknown method or unit, a missing setting, an int8 method in
+        parameters, or a budget the method cannot meet.
     """
     rows = tuple(int(r) for r in field_rows)
     budget = int(budget_dim) * sum(rows)
     layers = dict(n_dense=n_dense, bottom=tuple(bottom), top=tuple(top))
     if method not in CTR_METHODS:
         raise ValueError(f"method must be one of {CTR_METHODS}, got {method!r}")
+    if unit not in ("params", "bytes"):
+        raise ValueError(f"unit must be 'params' or 'bytes', got {unit!r}")
+    if method in CTR_BYTES_ONLY:
+        if unit != "bytes":
+            raise ValueError(f"{method} keeps as many parameters as its float tables: its budget is in bytes "
+                             "(unit='bytes')")
+        return _int8_model(rows, method, 4 * budget, alpha, base_dim, layers)
     if method in ("md", "md-frequency") and not alpha > 0:
         raise ValueError(f"{method} needs an alpha > 0, got {alpha!r}")
     if method in CTR_FACTOR_METHODS and not (isinstance(factor, int) and factor >= 1):
@@ -216,6 +257,63 @@ def ctr_model(field_rows, method: str, budget_dim: int, *, alpha: float = 0.0, f
     return dlrm.DLRMConfig(table, rows, **layers)
 
 
+def _int8_model(rows, method, budget_bytes, alpha, base_dim, layers, tolerance=0.01):
+    """``uniform-int8``: the largest uniform table whose int8 bytes fit; ``md-int8``: MD per
+    field at ``alpha`` whose int8 bytes land within ``tolerance`` below ``budget_bytes``, at
+    the first base dimension of ``base_dim``, twice and four times it that can hold them."""
+    n = sum(rows)
+    if budget_bytes < 9 * n:
+        raise ValueError(f"{method}: {budget_bytes:,} bytes cannot hold {n:,} int8 rows of one column "
+                         f"({9 * n:,} bytes with their scales and offsets)")
+    if method == "uniform-int8":
+        dim = budget_bytes // n - 8  # a row of d int8 codes weighs d bytes, plus 8 of scale and offset
+        return dlrm.dlrm_config(rows, dim=int(dim), **layers)
+    if not alpha > 0:
+        raise ValueError(f"md-int8 needs an alpha > 0, got {alpha!r}")
+    reasons = []
+    for d0 in (base_dim, 2 * base_dim, 4 * base_dim):
+        if budget_bytes > n * (d0 + 8):  # more than every row at d0 holds
+            reasons.append(f"d0 = {d0}: every row at d0 takes {n * (d0 + 8):,} bytes")
+            continue
+        config, reason = _md_int8_at(rows, budget_bytes, alpha, d0, layers, tolerance)
+        if config is not None:
+            return config
+        reasons.append(reason)
+    raise ValueError(f"md-int8 at alpha {alpha:g} and {budget_bytes:,} bytes: " + "; ".join(reasons))
+
+
+def _md_int8_at(rows, budget_bytes, alpha, d0, layers, tolerance):
+    n = sum(rows)
+    target = (1 - tolerance / 2) * budget_bytes
+    params = (budget_bytes - 8 * n) // 2  # a first guess: codes weigh 1 byte, projections 4
+    size = 0
+    for _ in range(30):
+        try:
+            config = dlrm.dlrm_config(rows, dim=d0, alpha=alpha, budget=max(params, n), **layers)
+        except ValueError as err:
+            return None, f"d0 = {d0}: {err}"
+        size = quantize.spec_nbytes(config.table, 8)
+        if (1 - tolerance) * budget_bytes <= size <= budget_bytes:
+            return config, ""
+        # bytes grow by about one per parameter of the rows and four per projection entry
+        params = max(n, params + int((target - size) / (1 + 3 * _projection_share(config.table))))
+    return None, f"d0 = {d0}: no table lands within {tolerance:.0%} below (last {size:,} bytes)"
+
+
+def _projection_share(table) -> float:
+    """The share of an MD table's parameters in its projections."""
+    projections = sum(d * table.base_dim for d in table.dims if d != table.base_dim)
+    return projections / max(1, embeddings.num_params(table))
+
+
+def embedding_nbytes(model, method: str) -> int:
+    """The stored bytes of ``model``'s embedding as ``method`` keeps it: 4 per float32
+    parameter; for the int8 methods, int8 rows with a float32 scale and offset each and
+    float32 projections (:func:`mdcf.embeddings.quantize.spec_nbytes`)."""
+    table = models.config_of(model).table
+    return quantize.spec_nbytes(table, 8) if method in CTR_BYTES_ONLY else 4 * embeddings.num_params(table)
+
+
 def _describe(table) -> str:
     """The ``dims`` column: MD block dimensions, or a per-field scheme's size."""
     if isinstance(table, embeddings.MDSpec):
@@ -233,15 +331,21 @@ def _describe(table) -> str:
     return f"{fields.SCHEME.name}: {len(parts)}/{len(table.parts)} {embeddings.scheme(first).name} {detail}"
 
 
-def _train_one(model, parts: data.CTRSplit, config: CTRSweepConfig, seed: int) -> dict:
+def _train_one(model, method: str, parts: data.CTRSplit, config: CTRSweepConfig, seed: int) -> dict:
     started = time.perf_counter()
     result = train.fit(model, parts.train, parts.validation, epochs=config.epochs, batch_size=config.batch_size,
                        learning_rate=config.learning_rate, seed=seed, progress=False)
-    test = train.evaluate(model, result.params, parts.test)
-    best = result.history[result.best_epoch - 1]
+    best = dict(result.history[result.best_epoch - 1])
+    params = result.params
+    if method in CTR_BYTES_ONLY:  # the stored model is the quantised one: validate and test it
+        params = quantized_params(model, params, 8)
+        val = train.evaluate(model, params, parts.validation)
+        best.update(val_logloss=val["logloss"], val_auc=val["auc"])
+    test = train.evaluate(model, params, parts.test)
     structure = models.config_of(model)
     return {
-        "embedding_params": embeddings.num_params(structure.table), "params": models.num_params(model),
+        "embedding_params": embeddings.num_params(structure.table),
+        "embedding_bytes": embedding_nbytes(model, method), "params": models.num_params(model),
         "base_dim": structure.dim, "dims": _describe(structure.table),
         "train_logloss": result.history[-1]["train_logloss"], "val_logloss": best["val_logloss"],
         "val_auc": best["val_auc"], "test_logloss": test["logloss"], "test_accuracy": test["accuracy"],
@@ -278,6 +382,7 @@ def run_ctr_sweep(config: CTRSweepConfig, out_dir, *, parts: data.CTRSplit | Non
         cells = [(seed, dim, method, alpha, factor) for seed in config.seeds for dim in config.dims
                  for method, alpha, factor in config.runs()]
         name = "synthetic" if config.dataset == "synthetic" else Path(config.dataset).name
+        per_dim = 4 if config.budget_unit == "bytes" else 1  # the budget column's unit
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -286,18 +391,18 @@ def run_ctr_sweep(config: CTRSweepConfig, out_dir, *, parts: data.CTRSplit | Non
         with bar if bar is not None else contextlib.nullcontext():
             for seed, dim, method, alpha, factor in cells:
                 row = {"dataset": name, "model": "dlrm", "method": method, "budget_dim": dim,
-                       "budget": dim * sum(parts.field_rows), "alpha": alpha, "factor": factor, "seed": seed,
-                       "learning_rate": config.learning_rate}
+                       "budget": per_dim * dim * sum(parts.field_rows), "alpha": alpha, "factor": factor,
+                       "seed": seed, "learning_rate": config.learning_rate}
                 if _key(row) not in done:
                     try:
                         model = ctr_model(parts.field_rows, method, dim, alpha=alpha, factor=factor,
                                           base_dim=config.base_dim, counts=parts.counts, n_dense=parts.train.n_dense,
-                                          bottom=config.bottom, top=config.top)
+                                          bottom=config.bottom, top=config.top, unit=config.budget_unit)
                     except ValueError as err:
                         row["status"] = f"infeasible: {err}"[:300]
                     else:
                         try:
-                            row.update(_train_one(model, parts, config, seed))
+                            row.update(_train_one(model, method, parts, config, seed))
                         except train.TrainingDivergedError as err:
                             row["status"] = f"diverged: {err}"[:300]
                             log(f"{method} d={dim} alpha={alpha:g} factor={factor} seed={seed}: {err}")
@@ -316,7 +421,8 @@ def _merge(config_path: Path, config: CTRSweepConfig) -> CTRSweepConfig:
         raise ValueError(f"{config_path}, line {err.lineno}: not valid JSON ({err.msg}); mend the file or use "
                          "another output folder") from None
     new = json.loads(config.to_json())
-    saved = {"methods": ["uniform", "md"], "factors": [], **saved}  # a folder from before these fields ran no other
+    # a folder from before these fields ran no other methods, in parameters
+    saved = {"methods": ["uniform", "md"], "factors": [], "budget_unit": "params", **saved}
     fixed = sorted(k for k in set(saved) | set(new) if k not in (*_GRID, "control") and saved.get(k) != new.get(k))
     if fixed:
         details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {new.get(k)!r}" for k in fixed)
@@ -384,11 +490,14 @@ def ctr_method_cells(rows) -> dict[tuple[int, str], tuple[str, list[dict]]]:
     return out
 
 
-def ctr_methods_table(rows) -> str:
+def ctr_methods_table(rows, unit: str = "params") -> str:
     """A markdown table: per budget, every method at its validation-chosen setting, with its
-    embedding parameters (and their share of the budget when below 99%), test logloss and
-    AUC (mean +- std over seeds), and the per-seed (paired) logloss and AUC differences
-    from uniform and from MD (each at its own validation-chosen setting)."""
+    embedding parameters (embedding bytes with ``unit="bytes"``; and their share of the
+    budget when below 99%), test logloss and AUC (mean +- std over seeds), and the per-seed
+    (paired) logloss and AUC differences from uniform and from MD (each at its own
+    validation-chosen setting)."""
+    if unit not in ("params", "bytes"):
+        raise ValueError(f"unit must be 'params' or 'bytes', got {unit!r}")
     cells = ctr_method_cells(rows)
     order = {m: i for i, m in enumerate(CTR_METHODS)}
 
@@ -405,11 +514,11 @@ def ctr_methods_table(rows) -> str:
             return "–"
         return f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f} (n={len(diffs)})"
 
-    lines = ["| budget (uniform d) | method | setting (on validation) | embedding params | test logloss | test AUC "
+    lines = [f"| budget (uniform d) | method | setting (on validation) | embedding {unit} | test logloss | test AUC "
              "| logloss − uniform | AUC − uniform | logloss − MD | AUC − MD |", "|---:|---|---|---:|---|---|---|---|---|---|"]
     for dim, method in sorted(cells, key=lambda k: (k[0], order.get(k[1], 99))):
         label, runs = cells[dim, method]
-        size = float(np.mean([r["embedding_params"] for r in runs]))
+        size = float(np.mean([r[f"embedding_{unit}"] for r in runs]))
         fill = size / runs[0]["budget"]
         share = "" if fill >= 0.99 else f" ({fill:.0%})"
         uniform = cells.get((dim, "uniform")) if method != "uniform" else None

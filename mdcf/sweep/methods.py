@@ -75,7 +75,7 @@ def settings(method: str, alphas: Sequence[float], factors: Sequence[int]) -> li
 def model_nbytes(model, method: str) -> int:
     """Every stored byte of ``model`` as ``method`` keeps it: float32 parameters, and for
     the int8 methods int8 embedding rows with a float32 scale and offset each."""
-    config = model.config
+    config = models.config_of(model)
     total = 4 * models.num_params(config)
     if method in BYTES_ONLY:
         for _, _, spec in config.embeddings:
@@ -255,9 +255,10 @@ def model_for_method(train, kind: str, budget: int, method: str, alpha: float = 
 
 def quantized_params(model, params: dict, bits: int = 8) -> dict:
     """``params`` with every embedding table's rows quantised to ``bits`` and read back:
-    the float parameters the quantised model computes with (its predictions exactly)."""
+    the float parameters the quantised model computes with (its predictions exactly). Any
+    model family: rating models and DLRM (:func:`mdcf.models.config_of`)."""
     tables = dict(params["tables"])
-    for name, _, spec in model.config.embeddings:
+    for name, _, spec in models.config_of(model).embeddings:
         if not isinstance(spec, embeddings.MDSpec):
             raise TypeError(f"quantized_params: row quantisation applies to MD layers (uniform, MD, low-rank), "
                             f"not {type(spec).__name__}")
