@@ -39,38 +39,60 @@ def test_models_for_a_budget_are_within_one_percent(kind):
         assert md.config.user.n_blocks == 3 and md.config.item.n_blocks == 3
 
 
-def test_sweep_rows_resume_and_selection(ratings, tmp_path):
+@pytest.fixture
+def scored(monkeypatch):
+    """Every run 'trained' by a stand-in (the resume and selection logic do not need real
+    training; ``test_experiment_scripts_run_end_to_end_in_fast_mode`` trains for real):
+    validation favours a small l2 and test a large one, and each call gets its own
+    ``seconds``. Returns the list of runs trained, as ``(budget params, alpha, l2)``."""
+    calls = []
+
+    def stand_in(model, method, fit_part, val, test, config, seed, l2, lr, mesh=None):
+        calls.append((models.num_params(model.config), l2))
+        user, item = model.config.user, model.config.item
+        return {"params": models.num_params(model.config), "nbytes": sweep.model_nbytes(model, method),
+                "base_dim": user.base_dim, "user_dims": sweep.methods.describe(user),
+                "item_dims": sweep.methods.describe(item), "train_mse": 0.5, "train_mse_popular": 0.4,
+                "train_mse_rare": 0.6, "val_mse": 1.0 + l2, "test_mse": 1.0 - l2, "test_mse_popular": 0.9,
+                "test_mse_rare": 1.1, "test_rmse": (1.0 - l2) ** 0.5, "epochs": 3, "best_epoch": 3,
+                "seconds": float(len(calls)), "status": "ok"}
+
+    monkeypatch.setattr(sweep.runs, "_train_one", stand_in)
+    return calls
+
+
+def test_sweep_rows_resume_and_selection(ratings, tmp_path, scored):
     config = small_config()
     swept = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False)
     rows = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False)  # all done: read back
-    assert [r["seconds"] for r in rows] == [r["seconds"] for r in swept]
+    assert [r["seconds"] for r in rows] == [r["seconds"] for r in swept] and len(scored) == 8
     assert len(rows) == 2 * 2 * 2  # budgets x alphas x l2 grid
     assert all(r["status"] == "ok" for r in rows)
     for r in rows:
         assert 0.99 * r["budget"] <= r["params"] <= r["budget"]
-        assert r["val_mse"] > 0 and r["test_mse"] > 0
     with open(tmp_path / "results.csv") as f:
         assert list(next(csv.reader(f))) == list(sweep.COLUMNS)
     # A rerun skips finished runs; a lost row is redone.
     lines = (tmp_path / "results.csv").read_text().splitlines()
     (tmp_path / "results.csv").write_text("\n".join(lines[:-1]) + "\n")
     again = sweep.run_sweep(config, tmp_path, ratings=ratings, progress=False)
-    assert len(again) == len(rows)
+    assert len(again) == len(rows) and len(scored) == 9
     assert [r["seconds"] for r in again[:-1]] == [r["seconds"] for r in rows[:-1]]
     chosen = sweep.select(again)
     assert len(chosen) == 4
     for cell in chosen:
         peers = [r for r in again if r["budget"] == cell["budget"] and r["alpha"] == cell["alpha"]]
         assert cell["val_mse"] == min(r["val_mse"] for r in peers)  # chosen on validation, never on test
+        assert cell["l2"] == 0.05  # the stand-in's test MSE would pick 0.2
     table = sweep.summary_table(again)
     assert "best MD alpha" in table and len(table.splitlines()) == 3
     with pytest.raises(ValueError, match="other settings .*epochs: saved"):
         sweep.run_sweep(small_config(epochs=7), tmp_path, ratings=ratings, progress=False)
     # A subset of the grid trains nothing new; an extended grid trains only the new runs.
     subset = sweep.run_sweep(small_config(l2_grid=config.l2_grid[:1]), tmp_path, ratings=ratings, progress=False)
-    assert [r["seconds"] for r in subset] == [r["seconds"] for r in again]
+    assert [r["seconds"] for r in subset] == [r["seconds"] for r in again] and len(scored) == 9
     extended = sweep.run_sweep(small_config(dims=(4,), l2_grid=(0.3,)), tmp_path, ratings=ratings, progress=False)
-    assert len(extended) == len(again) + 2  # one budget x two alphas
+    assert len(extended) == len(again) + 2 and len(scored) == 11  # one budget x two alphas
     assert [r["seconds"] for r in extended[:len(again)]] == [r["seconds"] for r in again]
     assert {r["l2"] for r in extended[len(again):]} == {0.3}
     saved = json.loads((tmp_path / "config.json").read_text())
