@@ -16,6 +16,7 @@ from hypothesis import settings
 
 import mdcf
 from mdcf import data, models, train
+from mdcf.models import dlrm
 
 # Property tests draw the same examples on every run, so a CI result is reproducible
 # (set HYPOTHESIS_PROFILE=explore to search with fresh random examples).
@@ -157,8 +158,9 @@ def run_steps(config, opt, batches, l2=0.05, seed=0):
 
 
 def assert_params_close(a, b, rtol=1e-5, atol=1e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+    """Every leaf of ``a`` close to the same leaf of ``b`` (the same number of leaves)."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def small_ratings():
@@ -180,3 +182,32 @@ def sparse_and_dense(model, ratings, name: str = "adagrad", learning_rate: float
     batch = jax.tree.map(lambda x: jnp.asarray(x[:512]), model.encode(ratings))
     return tuple(run_steps(model, train.optimizer(name, learning_rate, sparse=s), [batch] * 3, l2=0.01)
                  for s in (True, False))
+
+
+def click_batch(config, n=48, seed=0, padding=0, repeat=False):
+    """A random DLRM batch of ``n`` examples; the last ``padding`` have weight 0 and ids
+    out of range (ignored), and with ``repeat`` the first six share field 0's row."""
+    rng = np.random.default_rng(seed)
+    codes = np.stack([rng.integers(0, rows, n) for rows in config.field_rows], axis=1)
+    batch = {"rows": dlrm.field_rows_to_stacked(codes, config), "dense": rng.normal(size=(n, 13)).astype(np.float32),
+             "labels": (rng.random(n) < 0.3).astype(np.float32), "weights": np.ones(n, np.float32)}
+    if padding:
+        batch["weights"][-padding:] = 0
+        batch["rows"][-padding:] = -7  # ignored: padding
+    if repeat:
+        batch["rows"][:6, 0] = batch["rows"][0, 0]
+    return batch
+
+
+def dense_and_sparse_steps(config, batch, name: str, learning_rate: float, steps: int = 3, l2: float = 0.05):
+    """``(state, metrics)`` after ``steps`` dense steps and after as many row-sparse steps of
+    optimiser ``name`` on the same batch, from the same initial state."""
+    out = []
+    for sparse in (False, True):
+        opt = train.optimizer(name, learning_rate, sparse=sparse)
+        state = train.init_state(jax.random.key(2), config, opt)
+        step = jax.jit(train.make_train_step(config, opt, l2=l2))
+        for _ in range(steps):
+            state, metrics = step(state, batch)
+        out.append((state, metrics))
+    return out

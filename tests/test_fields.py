@@ -11,6 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import assert_params_close as close
+from conftest import click_batch, dense_and_sparse_steps
+
 from mdcf import checkpoint, embeddings, models, train
 from mdcf.embeddings import FieldsSpec, HashSpec, MDSpec, QRSpec, fields, tt
 from mdcf.models import dlrm
@@ -130,20 +133,7 @@ def dlrm_on(spec):
 
 
 def random_batch(config, n=48, seed=0, padding=0):
-    rng = np.random.default_rng(seed)
-    codes = np.stack([rng.integers(0, rows, n) for rows in config.field_rows], axis=1)
-    batch = {"rows": dlrm.field_rows_to_stacked(codes, config), "dense": rng.normal(size=(n, 13)).astype(np.float32),
-             "labels": (rng.random(n) < 0.3).astype(np.float32), "weights": np.ones(n, np.float32)}
-    if padding:
-        batch["weights"][-padding:] = 0
-        batch["rows"][-padding:] = -7
-    batch["rows"][:6, 0] = batch["rows"][0, 0]  # repeated rows
-    return batch
-
-
-def close(a, b, **kw):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
+    return click_batch(config, n, seed, padding, repeat=True)
 
 
 def test_dense_step_is_gradient_descent_through_the_naive_lookup():
@@ -173,16 +163,7 @@ def test_row_sparse_training_equals_dense(monkeypatch, optimizer, columns):
     config = dlrm_on(mixed_spec())
     if not columns:
         monkeypatch.setattr(dlrm.DLRMConfig, "column_sides", property(lambda self: ()))
-    batch = random_batch(config, seed=3, padding=4)
-    dense_opt = train.optimizer(optimizer, 0.05, sparse=False)
-    sparse_opt = train.optimizer(optimizer, 0.05, sparse=True)
-    a = train.init_state(jax.random.key(2), config, dense_opt)
-    b = train.init_state(jax.random.key(2), config, sparse_opt)
-    step_a = jax.jit(train.make_train_step(config, dense_opt, l2=0.05))
-    step_b = jax.jit(train.make_train_step(config, sparse_opt, l2=0.05))
-    for _ in range(3):
-        a, ma = step_a(a, batch)
-        b, mb = step_b(b, batch)
+    (a, ma), (b, mb) = dense_and_sparse_steps(config, random_batch(config, seed=3, padding=4), optimizer, 0.05)
     np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-5)
     # The same batch each step: rows it misses never have a gradient, and dense Amsgrad leaves them too.
     close(a.params, b.params, rtol=2e-4, atol=1e-6)
@@ -205,4 +186,4 @@ def test_xavier_init_gives_each_field_its_tables_spread(tmp_path):
     checkpoint.save(tmp_path / "fields.mdcf", config, params)
     loaded = checkpoint.load(tmp_path / "fields.mdcf")
     assert loaded.model == config
-    close(loaded.params, params)
+    close(loaded.params, params, rtol=0, atol=0)

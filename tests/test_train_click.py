@@ -8,6 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import assert_params_close as close
+from conftest import click_batch, dense_and_sparse_steps
+
 from mdcf import checkpoint, data, embeddings, metrics, models, train
 from mdcf.models import dlrm
 
@@ -24,20 +27,7 @@ def small_config(alpha=0.3, **kwargs):
     return dlrm.dlrm_config(FIELDS, dim=4, alpha=alpha, bottom=(8,), top=(8,), n_dense=13, **kwargs)
 
 
-def random_batch(config, n=48, seed=0, padding=0):
-    rng = np.random.default_rng(seed)
-    codes = np.stack([rng.integers(0, rows, n) for rows in config.field_rows], axis=1)
-    batch = {"rows": dlrm.field_rows_to_stacked(codes, config), "dense": rng.normal(size=(n, 13)).astype(np.float32),
-             "labels": (rng.random(n) < 0.3).astype(np.float32), "weights": np.ones(n, np.float32)}
-    if padding:
-        batch["weights"][-padding:] = 0
-        batch["rows"][-padding:] = -7  # ignored: padding
-    return batch
-
-
-def close(a, b, **kw):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
+random_batch = click_batch
 
 
 def test_dense_step_is_gradient_descent_on_dlrm_logloss():
@@ -63,15 +53,7 @@ def test_dense_step_is_gradient_descent_on_dlrm_logloss():
 def test_row_sparse_step_matches_dense_step_on_dlrm(alpha):
     """Row-sparse SGD (flat per-field ids routed through the MD blocks) equals dense SGD, l2 included."""
     config = small_config(alpha)
-    batch = random_batch(config, seed=3, padding=4)
-    dense_opt, sparse_opt = train.optimizer("sgd", 0.3, sparse=False), train.optimizer("sgd", 0.3, sparse=True)
-    a = train.init_state(jax.random.key(2), config, dense_opt)
-    b = train.init_state(jax.random.key(2), config, sparse_opt)
-    step_a = jax.jit(train.make_train_step(config, dense_opt, l2=0.05))
-    step_b = jax.jit(train.make_train_step(config, sparse_opt, l2=0.05))
-    for _ in range(3):
-        a, ma = step_a(a, batch)
-        b, mb = step_b(b, batch)
+    (a, ma), (b, mb) = dense_and_sparse_steps(config, random_batch(config, seed=3, padding=4), "sgd", 0.3)
     np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-5)
     close(a.params, b.params, rtol=2e-4, atol=1e-6)
 
