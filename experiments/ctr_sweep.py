@@ -15,7 +15,9 @@ blocks cut by frequency across all fields (``md-frequency``), runs beside each M
 cell (``--no-control`` to skip it). ``--methods`` adds the other ways to shrink the
 tables at the same budgets, per field (``hash``, ``qr``, ``lowrank``, ``tt`` at each of
 ``--factors``; see :mod:`mdcf.sweep.ctr`): a table of every method at its setting chosen
-on validation, and ``ctr_method_curves.png/.pdf``.
+on validation, and ``ctr_method_curves.png/.pdf``. ``--budget-unit bytes`` counts the
+budgets in embedding bytes and admits ``uniform-int8`` and ``md-int8`` (trained in
+float32, rows quantised to int8 with a float32 scale and offset each after training).
 
 Examples::
 
@@ -23,6 +25,7 @@ Examples::
     python experiments/ctr_sweep.py --data ~/criteo/train.txt        # the Kaggle file (not downloaded)
     python experiments/ctr_sweep.py --dims 2 32 --alphas 0.3 --seeds 0
     python experiments/ctr_sweep.py --methods uniform md hash qr lowrank tt --factors 2 4
+    python experiments/ctr_sweep.py --budget-unit bytes --methods uniform md uniform-int8 md-int8 --dims 4 8
     MDCF_FAST=1 python experiments/ctr_sweep.py                      # a tiny smoke run
 """
 

@@ -211,6 +211,7 @@ def test_a_byte_sweep_records_bytes_and_keeps_its_unit(trained, tmp_path):
     assert ax.get_xlabel().startswith("embedding bytes")
     xs = {c.get_label(): list(c.lines[0].get_xdata()) for c in ax.containers}
     assert xs["uniform-int8"] == [by["uniform-int8", 4]["embedding_bytes"]]
+    assert sweep.ctr_fast_mode(config).dims == (4,)  # in bytes, the smoke run's budget holds int8 rows
     with pytest.raises(ValueError, match="budget_unit: saved 'bytes', now 'params'"):
         sweep.run_ctr_sweep(sweep.CTRSweepConfig(**{**vars(config), "methods": ("uniform",), "budget_unit": "params"}),
                             tmp_path, progress=False)

@@ -173,10 +173,10 @@ class CTRSweepConfig:
 
 def ctr_fast_mode(config: CTRSweepConfig) -> CTRSweepConfig:
     """A tiny version of ``config`` for tests and notebooks: a small synthetic set of six
-    fields, one budget, one alpha, one seed, small MLPs and one epoch (a smoke run: too
-    small to tell the methods apart)."""
+    fields, one budget (d = 2; in bytes d = 4, where int8 rows fit), one alpha, one seed,
+    small MLPs and one epoch (a smoke run: too small to tell the methods apart)."""
     return CTRSweepConfig(dataset="synthetic", examples=4_000, cap=100, fields=6, data_seed=config.data_seed,
-                          dims=(2,), alphas=(0.4,), seeds=(0,), base_dim=16, epochs=1, batch_size=512,
+                          dims=(4,) if config.budget_unit == "bytes" else (2,), alphas=(0.4,), seeds=(0,), base_dim=16, epochs=1, batch_size=512,
                           learning_rate=3e-3, bottom=(16,), top=(16,), methods=config.methods,
                           factors=config.factors[:1], control=config.control, budget_unit=config.budget_unit)
 
