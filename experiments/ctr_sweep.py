@@ -79,7 +79,8 @@ def main(argv=None) -> int:
             threshold=args.threshold,
             dims=tuple(args.dims), alphas=tuple(args.alphas), seeds=tuple(args.seeds), base_dim=args.base_dim,
             control=not args.no_control, methods=tuple(args.methods), factors=tuple(args.factors),
-            budget_unit=args.budget_unit, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
+            budget_unit=args.budget_unit, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate)
     except ValueError as err:
         print(f"ctr_sweep.py: error: {err}", file=sys.stderr)
         return 2

@@ -29,10 +29,11 @@ Budgets are in embedding parameters (``budget_unit="params"``) or in embedding b
 bytes two more methods run: ``uniform-int8`` (the largest uniform table whose int8 rows,
 with a float32 scale and offset each, fit: ``d' = 4 d - 8``) and ``md-int8`` (MD per
 field at each alpha, sized so that its int8 rows and float32 projections land within 1%
-below the budget, at the first of ``base_dim``, twice and four times it where such a table
-exists: a budget above every row at ``base_dim`` needs a larger one). Both train in float32 and are quantised row-wise after training
-(:mod:`mdcf.embeddings.quantize`); their validation and test metrics are the quantised
-model's. The float methods are the same models in either unit.
+below the budget, at the first of ``base_dim``, twice and four times it where such a
+table exists: a budget above every row at ``base_dim`` needs a larger one). Both train
+in float32 and are quantised row-wise after training (:mod:`mdcf.embeddings.quantize`);
+their validation and test metrics are the quantised model's. The float methods are the
+same models in either unit.
 
 Results go to ``results.csv`` (one row per run, appended atomically); a rerun
 skips the runs already there, and a rerun with more grid values (dims, alphas,
@@ -57,16 +58,16 @@ from .methods import quantized_params
 from .runs import append_result, read_results
 
 __all__ = ["CTRSweepConfig", "CTR_COLUMNS", "CTR_METHODS", "CTR_FACTOR_METHODS", "CTR_BYTES_ONLY", "run_ctr_sweep",
-           "read_ctr_results", "load_clicks", "ctr_fast_mode", "ctr_model", "embedding_nbytes", "ctr_cells", "ctr_table", "ctr_method_cells",
-           "ctr_methods_table"]
+           "read_ctr_results", "load_clicks", "ctr_fast_mode", "ctr_model", "embedding_nbytes", "ctr_cells",
+           "ctr_table", "ctr_method_cells", "ctr_methods_table"]
 
 CTR_METHODS = ("uniform", "md", "md-frequency", "hash", "qr", "lowrank", "tt", "uniform-int8", "md-int8")
 CTR_FACTOR_METHODS = ("hash", "qr", "lowrank", "tt")
 CTR_BYTES_ONLY = ("uniform-int8", "md-int8")
 CTR_COLUMNS = (
     "dataset", "model", "method", "budget_dim", "budget", "embedding_params", "embedding_bytes", "params", "alpha",
-    "factor", "base_dim", "dims", "seed", "learning_rate", "train_logloss", "val_logloss", "val_auc", "test_logloss", "test_accuracy",
-    "test_auc", "epochs", "best_epoch", "train_seconds", "seconds", "train_curve", "status",
+    "factor", "base_dim", "dims", "seed", "learning_rate", "train_logloss", "val_logloss", "val_auc", "test_logloss",
+    "test_accuracy", "test_auc", "epochs", "best_epoch", "train_seconds", "seconds", "train_curve", "status",
 )
 # Earlier layouts, read and rewritten by a sweep: before the other methods (no factor
 # column), and before byte budgets (no embedding_bytes; every method then was float32).
@@ -176,9 +177,10 @@ def ctr_fast_mode(config: CTRSweepConfig) -> CTRSweepConfig:
     fields, one budget (d = 2; in bytes d = 4, where int8 rows fit), one alpha, one seed,
     small MLPs and one epoch (a smoke run: too small to tell the methods apart)."""
     return CTRSweepConfig(dataset="synthetic", examples=4_000, cap=100, fields=6, data_seed=config.data_seed,
-                          dims=(4,) if config.budget_unit == "bytes" else (2,), alphas=(0.4,), seeds=(0,), base_dim=16, epochs=1, batch_size=512,
-                          learning_rate=3e-3, bottom=(16,), top=(16,), methods=config.methods,
-                          factors=config.factors[:1], control=config.control, budget_unit=config.budget_unit)
+                          dims=(4,) if config.budget_unit == "bytes" else (2,), alphas=(0.4,), seeds=(0,),
+                          base_dim=16, epochs=1, batch_size=512, learning_rate=3e-3, bottom=(16,), top=(16,),
+                          methods=config.methods, factors=config.factors[:1], control=config.control,
+                          budget_unit=config.budget_unit)
 
 
 def load_clicks(config: CTRSweepConfig) -> data.CTRSplit:
